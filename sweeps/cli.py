@@ -1,0 +1,174 @@
+"""The command line shared by every sweep module (``python -m sweeps.<study>``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from prune_core.data import DATASETS
+from search_spaces import SPACES
+
+from .pareto import parse_objectives
+from .tracking import DEFAULT_TRACKING_URI
+
+
+class UsageError(ValueError):
+    """Bad command-line input; the message is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """What a sweep module fixes: its model, full-size dataset and budgets, and its space."""
+
+    name: str
+    model: str
+    dataset: str
+    space: str
+    description: str
+    baseline_epochs: int = 30
+    num_samples: int = 24
+    batch_size: int = 128
+    baseline_lr: float = 0.05
+    # --quick: digits, CPU-sized budgets
+    quick_baseline_epochs: int = 5
+    quick_num_samples: int = 6
+    quick_batch_size: int = 64
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A fully resolved sweep: everything the runner needs, validated."""
+
+    study: str
+    quick: bool
+    dataset: str
+    model: str
+    space: str
+    data_root: str
+    num_samples: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None
+    address: str | None
+    tracking_uri: str
+    experiment: str
+    storage_path: str
+    seed: int
+    baseline_epochs: int
+    baseline_lr: float
+    batch_size: int
+    objectives: str
+    cache_dir: str
+    download: bool = True
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports errors in one line (no usage dump) and exits with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser(study: Study) -> argparse.ArgumentParser:
+    """The flags every sweep shares."""
+    p = _OneLineParser(prog=f"python -m sweeps.{study.name}", description=study.description)
+    p.add_argument("--quick", action="store_true", help="digits, small budgets: minutes on a CPU")
+    p.add_argument("--dataset", help=f"default {study.dataset} ({', '.join(DATASETS.names())})")
+    p.add_argument("--data-root", default="data", help="folder for torchvision datasets")
+    p.add_argument("--no-download", action="store_true", help="never download datasets")
+    p.add_argument("--num-samples", type=int, help="number of trials (recipes)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="GPU share per trial, e.g. 0.25"
+    )
+    p.add_argument(
+        "--max-concurrent", type=int, help="most trials at once (default: as resources allow)"
+    )
+    p.add_argument(
+        "--address", help="Ray cluster address (auto, host:port); default: start a local Ray"
+    )
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI")
+    p.add_argument("--experiment", help="MLflow experiment name (default: the study's name)")
+    p.add_argument("--storage-path", default="mlruns/ray_results", help="Ray Tune results folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the baseline, trials and sampler")
+    p.add_argument("--baseline-epochs", type=int, help="epochs of dense training")
+    p.add_argument(
+        "--space", default=study.space, help=f"search space ({', '.join(SPACES.names())})"
+    )
+    p.add_argument(
+        "--objectives",
+        default="test_accuracy:max,nonzero_params:min",
+        help="two or three METRIC:max|min, comma-separated",
+    )
+    p.add_argument("--cache-dir", default="mlruns/baselines", help="dense-baseline cache folder")
+    return p
+
+
+def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
+    """Parse and validate ``argv``; raises ``UsageError`` (one line) on bad input."""
+    import os
+
+    args = build_parser(study).parse_args(argv)
+    dataset = args.dataset or ("digits" if args.quick else study.dataset)
+    if dataset not in DATASETS:
+        raise UsageError(
+            f"--dataset {dataset!r} is unknown; choose from: {', '.join(DATASETS.names())}"
+        )
+    if args.space not in SPACES:
+        raise UsageError(
+            f"--space {args.space!r} is unknown; choose from: {', '.join(SPACES.names())}"
+        )
+    num_samples = args.num_samples
+    if num_samples is None:
+        num_samples = study.quick_num_samples if args.quick else study.num_samples
+    if num_samples < 1:
+        raise UsageError(f"--num-samples {num_samples}: must be an integer >= 1")
+    if not args.cpus_per_trial > 0:
+        raise UsageError(
+            f"--cpus-per-trial {args.cpus_per_trial:g}: must be > 0 (fractions allowed)"
+        )
+    if not args.gpus_per_trial >= 0:
+        raise UsageError(
+            f"--gpus-per-trial {args.gpus_per_trial:g}: must be >= 0 (fractions allowed, e.g. 0.25)"
+        )
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent {args.max_concurrent}: must be an integer >= 1")
+    epochs = args.baseline_epochs
+    if epochs is None:
+        epochs = study.quick_baseline_epochs if args.quick else study.baseline_epochs
+    if epochs < 0:
+        raise UsageError(f"--baseline-epochs {epochs}: must be an integer >= 0")
+    try:
+        parse_objectives(args.objectives)
+    except ValueError as err:
+        raise UsageError(f"--objectives: {err}") from None
+    experiment = args.experiment or (f"{study.name}-quick" if args.quick else study.name)
+    if not experiment.strip():
+        raise UsageError("--experiment '': must be a non-empty name")
+    return SweepSpec(
+        study=study.name,
+        quick=args.quick,
+        dataset=dataset,
+        model=study.model,
+        space=args.space,
+        data_root=args.data_root,
+        num_samples=num_samples,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        experiment=experiment,
+        storage_path=os.path.abspath(args.storage_path),
+        seed=args.seed,
+        baseline_epochs=epochs,
+        baseline_lr=study.baseline_lr,
+        batch_size=study.quick_batch_size if args.quick else study.batch_size,
+        objectives=args.objectives,
+        cache_dir=os.path.abspath(args.cache_dir),
+        download=not args.no_download,
+    )
