@@ -26,9 +26,7 @@ class Baseline:
 
 def baseline_path(cache_dir: str, cfg: ExperimentConfig) -> str:
     """Cache file of the baseline of ``cfg``: ``<cache_dir>/<dataset>-<model>-<hash>.pt``."""
-    return os.path.join(
-        cache_dir, f"{cfg.data.dataset}-{cfg.model.name}-{cfg.baseline_hash()}.pt"
-    )
+    return os.path.join(cache_dir, f"{cfg.data.dataset}-{cfg.model.name}-{cfg.baseline_hash()}.pt")
 
 
 def load_or_train_baseline(

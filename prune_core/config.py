@@ -120,7 +120,9 @@ class ExperimentConfig:
         ``data.download`` and ``data.root`` say where the data comes from, not what it is, so they
         are left out: the same baseline is found whichever folder held the files.
         """
-        data = {k: v for k, v in dataclasses.asdict(self.data).items() if k not in ("root", "download")}
+        data = {
+            k: v for k, v in dataclasses.asdict(self.data).items() if k not in ("root", "download")
+        }
         return {
             "data": data,
             "model": dataclasses.asdict(self.model),

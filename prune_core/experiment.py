@@ -97,7 +97,9 @@ def run_pruning(
     targets = prunable_targets(model, p.include_bias, p.exclude_first, p.exclude_last)
     generator = torch.Generator().manual_seed(cfg.seed)
     history = []
-    for step, step_sparsity in enumerate(sparsity_schedule(p.schedule, p.target_sparsity, p.iterations), 1):
+    for step, step_sparsity in enumerate(
+        sparsity_schedule(p.schedule, p.target_sparsity, p.iterations), 1
+    ):
         prune_step(targets, p.method, step_sparsity, generator=generator)
         train_epochs(
             model, data, p.finetune_epochs, p.lr, cfg.data.batch_size, cfg.train.optimizer,
