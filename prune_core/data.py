@@ -74,7 +74,9 @@ class TensorData:
         """
         if split not in ("train", "test"):
             raise ValueError(f"split={split!r} is invalid; allowed: train, test")
-        x_all, y_all = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+        x_all, y_all = (
+            (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+        )
         n = x_all.shape[0]
         if shuffle:
             order = torch.randperm(n, generator=generator).to(x_all.device)
@@ -105,9 +107,7 @@ def random_crop_flip(
     return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
 
 
-def load_dataset(
-    name: str, root: str = "data", download: bool = True, seed: int = 0
-) -> TensorData:
+def load_dataset(name: str, root: str = "data", download: bool = True, seed: int = 0) -> TensorData:
     """Load a registered dataset onto the CPU (move it with ``.to(device)``)."""
     loader = DATASETS.get(name)
     return loader(root=root, download=download, seed=seed)
@@ -117,8 +117,8 @@ def load_dataset(
 def load_digits(root: str = "data", download: bool = True, seed: int = 0) -> TensorData:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images; no download).
 
-    The train/test split is fixed (seed 0, 20% test, stratified) whatever the training seed, so every
-    run is scored on the same 360 images.
+    The train/test split is fixed (seed 0, 20% test, stratified) whatever the training seed, so
+    every run is scored on the same 360 images.
     """
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -183,12 +183,23 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-def _unavailable(name: str, root: str, download: bool, err: Exception | None) -> DatasetUnavailable:
+def _unavailable(
+    name: str, folder: str, download: bool, err: Exception | None
+) -> DatasetUnavailable:
+    """The one-line error for a dataset whose files are not in ``folder``.
+
+    ``folder`` is where the files were looked for (not the root), so the message says exactly
+    where to put them.
+    """
     import os
 
-    where = os.path.abspath(root)
+    where = os.path.abspath(folder)
     if download:
-        why = f"download failed ({type(err).__name__}: {err})" if err else "download failed"
+        # torchvision's MNIST joins one error per mirror with newlines; a CLI prints one line
+        detail = " ".join(f"{type(err).__name__}: {err}".split()) if err else ""
+        if len(detail) > 300:
+            detail = detail[:297] + "..."
+        why = f"download failed ({detail})" if detail else "download failed"
         return DatasetUnavailable(
             f"dataset {name!r} not found in {where} and {why}; "
             "put the files there, or use --quick for the bundled offline digits"
@@ -216,19 +227,22 @@ def load_cifar10(root: str = "data", download: bool = True, seed: int = 0) -> Te
     train_files = [f"data_batch_{i}" for i in range(1, 6)]
     if not all(os.path.exists(os.path.join(folder, f)) for f in [*train_files, "test_batch"]):
         if not download:
-            raise _unavailable("cifar10", root, download, None)
+            raise _unavailable("cifar10", folder, download, None)
         try:
             from torchvision.datasets import CIFAR10
 
             CIFAR10(root, train=True, download=True)
         except Exception as err:  # offline: URLError, socket errors, ...
-            raise _unavailable("cifar10", root, download, err) from err
+            raise _unavailable("cifar10", folder, download, err) from err
 
     def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for f in files:
             with open(os.path.join(folder, f), "rb") as fh:
                 entry = pickle.load(fh, encoding="latin1")
+            # the official batches are Python 2 pickles whose keys load as str; batches pickled
+            # by Python 3 from bytes keys (b"data", as other CIFAR tools write) load as bytes
+            entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
             xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
         return torch.from_numpy(np.concatenate(xs)), torch.tensor(ys, dtype=torch.long)
@@ -246,4 +260,77 @@ def load_cifar10(root: str = "data", download: bool = True, seed: int = 0) -> Te
         mean=CIFAR10_MEAN,
         std=CIFAR10_STD,
         augment=True,
+    )
+
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _load_mnist_family(
+    name: str,
+    class_name: str,
+    root: str,
+    download: bool,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> TensorData:
+    """Read an MNIST-format dataset through ``torchvision.datasets.<class_name>``.
+
+    torchvision reads the raw IDX files from ``root/<class_name>/raw`` (and, when downloading,
+    checks the archives' md5). Whether the files are there is checked here first, so that a
+    missing dataset is told apart from a corrupt one (which torchvision reports as it is).
+    """
+    import os
+
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, class_name)
+    folder = os.path.join(root, class_name, "raw")
+    if not all(os.path.exists(os.path.join(folder, f)) for f in _IDX_FILES):
+        if not download:
+            raise _unavailable(name, folder, download, None)
+        try:
+            cls(root, train=True, download=True)  # fetches both splits
+        except Exception as err:  # offline: URLError, RuntimeError listing each mirror, ...
+            raise _unavailable(name, folder, download, err) from err
+    train = cls(root, train=True, download=False)
+    test = cls(root, train=False, download=False)
+    return TensorData(
+        name=name,
+        # torchvision gives (N, 28, 28) uint8 images and int64 labels; add the channel axis
+        x_train=train.data.unsqueeze(1).contiguous(),
+        y_train=train.targets.long(),
+        x_test=test.data.unsqueeze(1).contiguous(),
+        y_test=test.targets.long(),
+        num_classes=10,
+        pixel_max=255.0,
+        mean=mean,
+        std=std,
+    )
+
+
+@DATASETS.register("mnist")
+def load_mnist(root: str = "data", download: bool = True, seed: int = 0) -> TensorData:
+    """MNIST (60,000 train / 10,000 test, 1x28x28) from ``root/MNIST/raw`` via torchvision.
+
+    ``seed`` is unused: the split is the official one.
+    """
+    return _load_mnist_family("mnist", "MNIST", root, download, MNIST_MEAN, MNIST_STD)
+
+
+@DATASETS.register("fashion_mnist")
+def load_fashion_mnist(root: str = "data", download: bool = True, seed: int = 0) -> TensorData:
+    """Fashion-MNIST (60,000 / 10,000, 1x28x28) from ``root/FashionMNIST/raw`` via torchvision.
+
+    ``seed`` is unused: the split is the official one.
+    """
+    return _load_mnist_family(
+        "fashion_mnist", "FashionMNIST", root, download, FASHION_MNIST_MEAN, FASHION_MNIST_STD
     )

@@ -33,4 +33,4 @@ def sparsity(targets: list[PruneTarget]) -> float:
 
 def layer_sparsity(targets: list[PruneTarget]) -> dict[str, float]:
     """Per prunable tensor, the fraction of its elements that are zero (keyed by path)."""
-    return {t.path: float((t.tensor() == 0).float().mean()) for t in targets}
+    return {t.path: int((t.tensor() == 0).sum()) / t.numel() for t in targets}
