@@ -83,7 +83,6 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     Everything that can be checked is checked before any MLflow run exists: the tracking URI,
     the dataset, the objectives, the Ray cluster and its GPUs.
     """
-    import mlflow
     import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
@@ -183,7 +182,6 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
             )  # fmt: skip
         finally:
             client.set_terminated(parent_id, status)
-            mlflow.set_tracking_uri(None)
     finally:
         ray.shutdown()
 

@@ -77,8 +77,8 @@ def resolve_tracking_uri(uri: str, timeout_s: float = 5.0) -> TrackingTarget:
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise TrackingError(
-                f"--tracking-uri {uri!r} is not reachable ({reason}); start the server "
-                "(python -m sweeps.server) or pass a sqlite:/// path"
+                f"--tracking-uri {uri!r} is not reachable ({reason}); start it with "
+                "`mlflow server` or pass a sqlite:/// path"
             ) from None
         return TrackingTarget(uri.rstrip("/"), None)
     return TrackingTarget(uri, None)

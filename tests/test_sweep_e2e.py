@@ -1,0 +1,94 @@
+"""End to end: a real 2-trial sweep on digits (real Ray Tune, Optuna, MLflow in a temp folder),
+checked through ``mlflow.search_runs``; a second sweep reuses the cached dense baseline."""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.cli import resolve_spec
+from sweeps.resnet18_iterative import STUDY
+from sweeps.runner import run_sweep
+
+PARAMS = ["dataset", "model", "method", "schedule", "target_sparsity", "iterations",
+          "finetune_epochs", "lr", "seed"]  # fmt: skip
+METRICS = ["test_accuracy", "sparsity", "nonzero_params", "total_params"]
+
+
+def sweep_args(tmp_path, num_samples: int) -> list[str]:
+    return [
+        "--quick", "--num-samples", str(num_samples), "--baseline-epochs", "1",
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--experiment", "e2e",
+        "--cache-dir", str(tmp_path / "baselines"), "--storage-path", str(tmp_path / "ray"),
+        "--max-concurrent", "2", "--seed", "3",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_trial_sweep_tracked_and_baseline_cached(tmp_path, ray_tmpdir):
+    first = run_sweep(resolve_spec(STUDY, sweep_args(tmp_path, 2)))
+    assert first.failed_trials == 0
+    assert first.baseline_reused is False
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("e2e")
+    assert exp.artifact_location == (tmp_path / "artifacts").as_uri()
+
+    runs = mlflow.search_runs(experiment_ids=[exp.experiment_id])
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(parents) == 1 and len(children) == 2
+    parent_id = parents["run_id"].iloc[0]
+    assert parent_id == first.parent_run_id
+    assert (children["tags.mlflow.parentRunId"] == parent_id).all()
+    assert (children["status"] == "FINISHED").all()
+    assert parents["status"].iloc[0] == "FINISHED"
+
+    for _, row in children.iterrows():
+        for p in PARAMS:
+            assert row[f"params.{p}"] is not None, p
+        assert row["params.dataset"] == "digits" and row["params.model"] == "resnet18"
+        assert row["params.method"] == "global_magnitude"
+        target = float(row["params.target_sparsity"])
+        iterations = int(row["params.iterations"])
+        assert row["params.schedule"] == ("oneshot" if iterations == 1 else "iterative")
+        # global magnitude prunes round(target * N) of N ~ 11.2 M weights: exact to 1e-7
+        assert row["metrics.sparsity"] == pytest.approx(target, abs=1e-7)
+        assert 0.0 <= row["metrics.test_accuracy"] <= 1.0
+        assert row["metrics.total_params"] == 11_172_810  # ResNet-18, 1 input channel, 10 classes
+        assert row["metrics.nonzero_params"] < row["metrics.total_params"]
+        # one point per prune iteration, step = iteration, final value last
+        for metric in METRICS:
+            history = client.get_metric_history(row["run_id"], metric)
+            assert sorted(m.step for m in history) == list(range(1, iterations + 1))
+            last = max(history, key=lambda m: m.step)
+            assert last.value == pytest.approx(row[f"metrics.{metric}"])
+        sparsities = [m.value for m in sorted(client.get_metric_history(row["run_id"], "sparsity"),
+                                              key=lambda m: m.step)]  # fmt: skip
+        assert sparsities == sorted(sparsities)
+        artifacts = [a.path for a in client.list_artifacts(row["run_id"], "checkpoints")]
+        assert artifacts == [f"checkpoints/{row['tags.mlflow.runName']}.pt"]
+
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["baseline_source"] == "trained"
+    assert 0.0 < parent.data.metrics["dense_test_accuracy"] <= 1.0
+    assert parent.data.params["num_samples"] == "2"
+    assert "pareto.csv" in [a.path for a in client.list_artifacts(parent_id)]
+    assert first.runs["pareto"].any()
+    cached = os.listdir(tmp_path / "baselines")
+    assert len(cached) == 1
+    mtime = os.path.getmtime(tmp_path / "baselines" / cached[0])
+
+    # the same sweep again: the baseline comes from the cache, not from training
+    second = run_sweep(resolve_spec(STUDY, sweep_args(tmp_path, 1)))
+    assert second.baseline_reused is True
+    assert second.dense_test_accuracy == first.dense_test_accuracy
+    assert os.listdir(tmp_path / "baselines") == cached
+    assert os.path.getmtime(tmp_path / "baselines" / cached[0]) == mtime
+    assert client.get_run(second.parent_run_id).data.tags["baseline_source"] == "cache"
+    all_runs = mlflow.search_runs(experiment_ids=[exp.experiment_id])
+    assert len(all_runs) == 2 + 3  # two parents, three children
