@@ -3,12 +3,14 @@
 Typical use from a notebook::
 
     from prune_core import ExperimentConfig, PruneConfig, load_dataset, train_dense, run_pruning
-    cfg = ExperimentConfig(prune=PruneConfig(target_sparsity=0.9, schedule="iterative", iterations=3))
+    prune = PruneConfig(target_sparsity=0.9, schedule="iterative", iterations=3)
+    cfg = ExperimentConfig(prune=prune)
     data = load_dataset("digits")
     dense, acc = train_dense(cfg, data)
     result = run_pruning(cfg, data, dense.state_dict())
 """
 
+from . import structured  # noqa: F401  (registers structured methods)
 from .baseline import Baseline, load_or_train_baseline
 from .checkpoint import load_state, save_state
 from .config import DataConfig, ExperimentConfig, ModelConfig, PruneConfig, TrainConfig
