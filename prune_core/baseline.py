@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .checkpoint import cpu_state_dict, load_state, save_state
@@ -22,6 +22,7 @@ class Baseline:
     key: str  # ExperimentConfig.baseline_hash()
     path: str | None  # cache file, if cached
     reused: bool  # True when read from the cache instead of trained
+    rewind_states: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch -> weights
 
 
 def baseline_path(cache_dir: str, cfg: ExperimentConfig) -> str:
@@ -40,9 +41,13 @@ def load_or_train_baseline(
     path = baseline_path(cache_dir, cfg) if cache_dir else None
     if path and os.path.exists(path):
         blob = load_state(path)
-        return Baseline(blob["state"], float(blob["test_accuracy"]), key, path, reused=True)
-    model, acc = train_dense(cfg, data, log=log)
+        rewind = {int(k): v for k, v in blob.get("rewind_states", {}).items()}
+        return Baseline(blob["state"], float(blob["test_accuracy"]), key, path, True, rewind)
+    rewind: dict[int, dict[str, Any]] = {}
+    model, acc = train_dense(cfg, data, log=log, snapshots=rewind)
     state = cpu_state_dict(model)
     if path:
-        save_state({"state": state, "test_accuracy": acc, "key": cfg.baseline_key()}, path)
-    return Baseline(state, acc, key, path, reused=False)
+        blob = {"state": state, "test_accuracy": acc, "key": cfg.baseline_key()}
+        blob["rewind_states"] = {str(k): v for k, v in rewind.items()}
+        save_state(blob, path)
+    return Baseline(state, acc, key, path, False, rewind)

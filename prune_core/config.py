@@ -18,6 +18,9 @@ def _check(cond: bool, field_name: str, value: Any, allowed: str) -> None:
         raise ValueError(f"{field_name}={value!r} is invalid; allowed: {allowed}")
 
 
+RETRAIN_MODES = ("finetune", "weight_rewind", "lr_rewind")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset to load and how to batch it."""
@@ -47,9 +50,18 @@ class TrainConfig:
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # dense epochs after which the weights are kept for weight rewinding (0 = initialisation)
+    rewind_epochs: tuple[int, ...] = ()
 
     def __post_init__(self):
         _check(self.epochs >= 0, "train.epochs", self.epochs, "an integer >= 0")
+        object.__setattr__(self, "rewind_epochs", tuple(sorted(set(self.rewind_epochs))))
+        _check(
+            all(0 <= e <= self.epochs for e in self.rewind_epochs),
+            "train.rewind_epochs",
+            self.rewind_epochs,
+            f"epochs between 0 and train.epochs={self.epochs}",
+        )
         _check(self.lr > 0, "train.lr", self.lr, "a float > 0")
         _check(self.optimizer in ("sgd", "adam"), "train.optimizer", self.optimizer, "sgd, adam")
         _check(0 <= self.momentum < 1, "train.momentum", self.momentum, "0 <= momentum < 1")
@@ -69,8 +81,62 @@ class PruneConfig:
     include_bias: bool = False
     exclude_first: bool = False
     exclude_last: bool = False
+    layers: tuple[str, ...] = ()  # module paths to prune (empty: every conv and linear layer)
+    # retraining after each step: plain fine-tuning at ``lr`` for ``finetune_epochs``, or
+    # replaying the dense schedule from ``rewind_epoch`` (train.epochs - rewind_epoch epochs),
+    # from the rewound weights (weight_rewind, lottery ticket) or the current ones (lr_rewind)
+    retrain: str = "finetune"
+    rewind_epoch: int = 1
+    norm: int = 1  # ln_structured: Ln norm of a filter (1 or 2)
+    scope: str = "layer"  # ln_structured: rank filters per layer or globally
+    nm_n: int = 2  # nm: keep nm_n of every nm_m consecutive weights
+    nm_m: int = 4
+    remove_channels: bool = False  # structured: remove zeroed channels physically at the end
 
     def __post_init__(self):
+        from .pruning import PRUNING_METHODS
+        from .schedules import SCHEDULES
+
+        object.__setattr__(self, "layers", tuple(self.layers))
+        _check(
+            self.method in PRUNING_METHODS,
+            "prune.method",
+            self.method,
+            ", ".join(PRUNING_METHODS.names()),
+        )
+        _check(
+            self.schedule in SCHEDULES,
+            "prune.schedule",
+            self.schedule,
+            ", ".join(SCHEDULES.names()),
+        )
+        _check(
+            self.retrain in RETRAIN_MODES, "prune.retrain", self.retrain, ", ".join(RETRAIN_MODES)
+        )
+        _check(self.rewind_epoch >= 0, "prune.rewind_epoch", self.rewind_epoch, "an integer >= 0")
+        _check(self.norm in (1, 2), "prune.norm", self.norm, "1, 2")
+        _check(self.scope in ("layer", "global"), "prune.scope", self.scope, "layer, global")
+        _check(
+            1 <= self.nm_n < self.nm_m,
+            "prune.nm",
+            f"{self.nm_n}:{self.nm_m}",
+            "N:M with 1 <= N < M (e.g. 2:4)",
+        )
+        if self.method == "nm":
+            _check(self.schedule == "oneshot", "prune.schedule", self.schedule, "oneshot for nm")
+            # N:M fixes the sparsity of every pruned tensor at 1 - N/M
+            _check(
+                abs(self.target_sparsity - (1 - self.nm_n / self.nm_m)) < 1e-9,
+                "prune.target_sparsity",
+                self.target_sparsity,
+                f"1 - N/M = {1 - self.nm_n / self.nm_m:g} for nm {self.nm_n}:{self.nm_m}",
+            )
+        _check(
+            not self.remove_channels or self.method == "ln_structured",
+            "prune.remove_channels",
+            self.remove_channels,
+            "True only with method ln_structured",
+        )
         _check(
             0.0 <= self.target_sparsity < 1.0,
             "prune.target_sparsity",
@@ -99,6 +165,23 @@ class ExperimentConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     seed: int = 0
 
+    def __post_init__(self):
+        p = self.prune
+        if p.retrain != "finetune":
+            _check(
+                p.rewind_epoch < self.train.epochs,
+                "prune.rewind_epoch",
+                p.rewind_epoch,
+                f"an epoch below train.epochs={self.train.epochs} when rewinding",
+            )
+        if p.retrain == "weight_rewind":
+            _check(
+                p.rewind_epoch in self.train.rewind_epochs,
+                "prune.rewind_epoch",
+                p.rewind_epoch,
+                f"one of train.rewind_epochs={self.train.rewind_epochs} (kept by the baseline)",
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (JSON-serialisable)."""
         return dataclasses.asdict(self)
@@ -109,26 +192,31 @@ class ExperimentConfig:
         return cls(
             data=DataConfig(**d.get("data", {})),
             model=ModelConfig(**d.get("model", {})),
-            train=TrainConfig(**d.get("train", {})),
-            prune=PruneConfig(**d.get("prune", {})),
+            train=TrainConfig(**_tuples(d.get("train", {}))),
+            prune=PruneConfig(**_tuples(d.get("prune", {}))),
             seed=d.get("seed", 0),
         )
 
     def baseline_key(self) -> dict[str, Any]:
-        """The fields that determine the dense baseline (everything except the pruning recipe).
+        """The non-default fields that determine the dense baseline (all but the recipe).
 
         ``data.download`` and ``data.root`` say where the data comes from, not what it is, so they
         are left out: the same baseline is found whichever folder held the files.
         """
-        data = {
-            k: v for k, v in dataclasses.asdict(self.data).items() if k not in ("root", "download")
-        }
-        return {
-            "data": data,
-            "model": dataclasses.asdict(self.model),
-            "train": dataclasses.asdict(self.train),
-            "seed": self.seed,
-        }
+        key = non_default_fields(
+            ExperimentConfig(
+                data=dataclasses.replace(
+                    self.data, root=DataConfig.root, download=DataConfig.download
+                ),
+                model=self.model,
+                train=self.train,
+                seed=self.seed,
+            )
+        )
+        # the dataset and model always name the baseline, even at their defaults
+        key.setdefault("data", {})["dataset"] = self.data.dataset
+        key.setdefault("model", {})["name"] = self.model.name
+        return key
 
     def baseline_hash(self) -> str:
         """Short stable hash of ``baseline_key`` (names the dense-baseline cache file)."""
@@ -137,6 +225,11 @@ class ExperimentConfig:
     def short_hash(self) -> str:
         """Short stable hash of the non-default fields of the whole config."""
         return stable_hash(non_default_fields(self))
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON turns tuples into lists; turn them back so configs compare equal after a round trip."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def non_default_fields(obj: Any) -> dict[str, Any]:

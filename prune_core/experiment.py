@@ -1,5 +1,6 @@
-"""The prune-and-fine-tune experiment: dense model -> (prune, fine-tune, evaluate, report)* ->
-make permanent. Reporting is a callback so the same loop serves a notebook, a test and a Ray trial.
+"""The prune-and-fine-tune experiment: dense model -> (prune, retrain, evaluate, report)* ->
+make permanent -> measure. Reporting is a callback so the same loop serves a notebook, a test
+and a Ray trial.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import cpu_state_dict
 from .config import ExperimentConfig
 from .data import TensorData
-from .metrics import count_parameters, layer_sparsity, sparsity
+from .metrics import count_parameters, layer_sparsity
 from .models import build_model
-from .pruning import make_permanent, prunable_targets, prune_step
+from .pruning import PruneTarget, make_permanent, prunable_targets, prune_step
 from .schedules import sparsity_schedule
 from .train import evaluate, train_epochs
 
@@ -38,16 +40,27 @@ def model_for(cfg: ExperimentConfig, data: TensorData) -> nn.Module:
 
 
 def train_dense(
-    cfg: ExperimentConfig, data: TensorData, log: Callable[[str], None] | None = None
+    cfg: ExperimentConfig,
+    data: TensorData,
+    log: Callable[[str], None] | None = None,
+    snapshots: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> tuple[nn.Module, float]:
     """Train the dense baseline described by ``cfg`` (data, model, train, seed); returns it and
-    its test accuracy."""
+    its test accuracy. ``snapshots``, if given, receives the CPU weights after each epoch in
+    ``cfg.train.rewind_epochs`` (0 = at initialisation), for weight rewinding."""
     seed_everything(cfg.seed)
     model = model_for(cfg, data)
     t = cfg.train
+    if snapshots is not None and 0 in t.rewind_epochs:
+        snapshots[0] = cpu_state_dict(model)
+
+    def keep(epoch: int) -> None:
+        if snapshots is not None and epoch in t.rewind_epochs:
+            snapshots[epoch] = cpu_state_dict(model)
+
     train_epochs(
         model, data, t.epochs, t.lr, cfg.data.batch_size, t.optimizer, t.momentum,
-        t.weight_decay, seed=cfg.seed, log=log, label="dense",
+        t.weight_decay, seed=cfg.seed, log=log, label="dense", on_epoch_end=keep,
     )  # fmt: skip
     return model, evaluate(model, data)
 
@@ -57,22 +70,88 @@ class PruneResult:
     """Outcome of one recipe: the permanent pruned model and its metrics."""
 
     model: nn.Module
-    dense_test_accuracy: float
+    dense: dict[str, Any]  # metrics of the dense model (test_accuracy, params, measurements)
     history: list[dict[str, float]]  # one entry per prune step, step = 1..k
     layer_sparsity: dict[str, float] = field(default_factory=dict)
+    measurements: dict[str, Any] = field(default_factory=dict)  # of the final model
 
     @property
     def final(self) -> dict[str, float]:
         """Metrics after the last step."""
         return self.history[-1]
 
+    @property
+    def dense_test_accuracy(self) -> float:
+        """Test accuracy of the dense model the recipe started from."""
+        return self.dense["test_accuracy"]
 
-def step_metrics(model: nn.Module, data: TensorData, targets) -> dict[str, float]:
-    """test_accuracy, sparsity (over the prunable set), nonzero_params and total_params."""
+
+def select_targets(model: nn.Module, cfg: ExperimentConfig) -> list[PruneTarget]:
+    """The prunable tensors of ``model`` under ``cfg.prune`` (bias, first/last, layer list)."""
+    p = cfg.prune
+    targets = prunable_targets(model, p.include_bias, p.exclude_first, p.exclude_last)
+    if p.layers:
+        wanted = {name.removesuffix(".weight") for name in p.layers}
+        targets = [t for t in targets if t.path.rsplit(".", 1)[0] in wanted]
+        found = {t.path.rsplit(".", 1)[0] for t in targets}
+        if wanted - found:
+            raise ValueError(
+                f"prune.layers {sorted(wanted - found)} are not prunable layers of "
+                f"{cfg.model.name}; allowed: {', '.join(sorted(found | _layer_names(model)))}"
+            )
+    return targets
+
+
+def _layer_names(model: nn.Module) -> set[str]:
+    return {t.path.rsplit(".", 1)[0] for t in prunable_targets(model)}
+
+
+def method_options(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor) -> dict:
+    """Keyword options of ``cfg.prune.method`` taken from the config."""
+    p = cfg.prune
+    if p.method == "ln_structured":
+        options: dict[str, Any] = {"norm": p.norm, "scope": p.scope}
+        if p.remove_channels and p.scope == "layer":
+            from .structured import channel_groups
+
+            # tie channels that share a residual stream, so whole channels can be removed
+            options["couple"] = channel_groups(model, example)
+        return options
+    if p.method == "nm":
+        return {"n": p.nm_n, "m": p.nm_m}
+    return {}
+
+
+def rewind_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a dense ``state`` into a model under pruning: ``w`` goes to ``w_orig`` where a mask
+    exists, so the rewound weights reappear under the current mask (zeros stay zero)."""
+    own = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for key, value in state.items():
+            target = own.get(key + "_orig" if key + "_orig" in own else key)
+            if target is None:
+                raise KeyError(f"rewind state has {key!r}, which the model does not")
+            target.copy_(value.to(target.device))
+        for module in model.modules():  # refresh the masked attribute before any forward
+            for hook in module._forward_pre_hooks.values():
+                name = getattr(hook, "_tensor_name", None)
+                if name is not None:
+                    setattr(module, name, hook.apply_mask(module))
+
+
+def step_metrics(
+    model: nn.Module, data: TensorData, targets: list[PruneTarget], prunable_total: int
+) -> dict[str, float]:
+    """test_accuracy, sparsity, nonzero_params and total_params of ``model``.
+
+    ``sparsity`` is the fraction of the dense model's ``prunable_total`` weights that are zero
+    or physically removed, so it stays comparable after channels are removed.
+    """
     total, nonzero = count_parameters(model)
+    alive = sum(int((t.tensor() != 0).sum()) for t in targets)
     return {
         "test_accuracy": evaluate(model, data),
-        "sparsity": sparsity(targets),
+        "sparsity": 1.0 - alive / prunable_total,
         "nonzero_params": float(nonzero),
         "total_params": float(total),
     }
@@ -85,32 +164,80 @@ def run_pruning(
     report: Reporter | None = None,
     log: Callable[[str], None] | None = None,
     dense_test_accuracy: float | None = None,
+    rewind_states: dict[int, dict[str, torch.Tensor]] | None = None,
+    measure: bool = False,
 ) -> PruneResult:
-    """Prune a copy of the dense model step by step as ``cfg.prune`` says, fine-tuning after each
-    step and calling ``report(step, metrics)``; the masks are made permanent at the end."""
-    p = cfg.prune
+    """Prune a copy of the dense model step by step as ``cfg.prune`` says, retraining after each
+    step and calling ``report(step, metrics)``; the masks are made permanent at the end.
+
+    ``rewind_states`` maps dense epochs to weights (needed for ``retrain="weight_rewind"``).
+    With ``measure``, sizes, FLOPs and latency of the dense and final models are measured too.
+    """
+    p, t = cfg.prune, cfg.train
     seed_everything(cfg.seed)
     model = model_for(cfg, data)
     model.load_state_dict(dense_state)
-    if dense_test_accuracy is None:
-        dense_test_accuracy = evaluate(model, data)
-    targets = prunable_targets(model, p.include_bias, p.exclude_first, p.exclude_last)
+    example = data.normalize(data.x_test[:64])  # batch for FLOPs, latency, dependency graphs
+    total, nonzero = count_parameters(model)
+    dense = {
+        "test_accuracy": evaluate(model, data)
+        if dense_test_accuracy is None
+        else dense_test_accuracy,
+        "nonzero_params": float(nonzero),
+        "total_params": float(total),
+    }
+    if measure:
+        from .measure import measure_all
+
+        dense.update(measure_all(model, example))
+    rewind_state = None
+    if p.retrain == "weight_rewind":
+        if not rewind_states or p.rewind_epoch not in rewind_states:
+            raise ValueError(
+                f"prune.rewind_epoch={p.rewind_epoch} has no saved weights; "
+                f"allowed: {sorted(rewind_states or {})}"
+            )
+        rewind_state = rewind_states[p.rewind_epoch]
+    targets = select_targets(model, cfg)
+    prunable_total = sum(x.numel() for x in targets)
+    options = method_options(cfg, model, example)
     generator = torch.Generator().manual_seed(cfg.seed)
+    schedule = sparsity_schedule(p.schedule, p.target_sparsity, p.iterations)
     history = []
-    for step, step_sparsity in enumerate(
-        sparsity_schedule(p.schedule, p.target_sparsity, p.iterations), 1
-    ):
-        prune_step(targets, p.method, step_sparsity, generator=generator)
-        train_epochs(
-            model, data, p.finetune_epochs, p.lr, cfg.data.batch_size, cfg.train.optimizer,
-            cfg.train.momentum, cfg.train.weight_decay, seed=cfg.seed + step, log=log,
-            label=f"finetune step {step}/{p.iterations}",
-        )  # fmt: skip
-        metrics = step_metrics(model, data, targets)
+    for step, step_sparsity in enumerate(schedule, 1):
+        prune_step(targets, p.method, step_sparsity, generator=generator, **options)
+        if p.remove_channels and step == len(schedule):
+            from .structured import remove_pruned_channels
+
+            # the smaller model is fine-tuned as a dense one from here on
+            make_permanent(model)
+            model = remove_pruned_channels(model, example)
+            targets = select_targets(model, cfg)
+        label = f"retrain step {step}/{len(schedule)}"
+        if p.retrain == "finetune":
+            train_epochs(
+                model, data, p.finetune_epochs, p.lr, cfg.data.batch_size, t.optimizer,
+                t.momentum, t.weight_decay, seed=cfg.seed + step, log=log, label=label,
+            )  # fmt: skip
+        else:
+            if rewind_state is not None:
+                rewind_weights(model, rewind_state)
+            # replay the dense schedule from the rewind epoch to its end
+            train_epochs(
+                model, data, t.epochs - p.rewind_epoch, t.lr, cfg.data.batch_size, t.optimizer,
+                t.momentum, t.weight_decay, seed=cfg.seed + step, log=log, label=label,
+                schedule_epochs=t.epochs, schedule_offset=p.rewind_epoch,
+            )  # fmt: skip
+        metrics = step_metrics(model, data, targets, prunable_total)
         metrics["step_target_sparsity"] = step_sparsity
         history.append(metrics)
         if report is not None:
             report(step, metrics)
     per_layer = layer_sparsity(targets)
     make_permanent(model)
-    return PruneResult(model, dense_test_accuracy, history, per_layer)
+    measurements = {}
+    if measure:
+        from .measure import measure_all
+
+        measurements = measure_all(model, example)
+    return PruneResult(model, dense, history, per_layer, measurements)

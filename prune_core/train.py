@@ -47,36 +47,59 @@ def train_epochs(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     label: str = "train",
+    schedule_epochs: int | None = None,
+    schedule_offset: int = 0,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> None:
-    """Train ``model`` for ``epochs`` with a cosine learning-rate decay from ``lr`` to 0.
+    """Train ``model`` for ``epochs`` under a cosine learning-rate decay from ``lr`` to 0.
 
+    The cosine spans ``schedule_epochs`` (default: ``epochs``) and starts ``schedule_offset``
+    epochs in, so learning-rate rewinding can replay the tail of the dense schedule.
+    ``on_epoch_end(epoch)`` is called after each epoch (1-based, counted from the offset).
     Masks installed by torch.nn.utils.prune are re-applied on every forward, so pruned weights stay
-    zero while their ``_orig`` values receive gradients that never reach the output.
+    zero while their ``_orig`` values receive gradients that never reach the output. On CUDA the
+    forward runs in bfloat16 autocast with channels_last images; on a CPU everything is float32.
     """
     if epochs <= 0:
         return
     if log is None:
         log = _stderr
+    cuda = data.device.type == "cuda"
+    if cuda:
+        model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, optimizer, lr, momentum, weight_decay)
     steps_per_epoch = math.ceil(data.x_train.shape[0] / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    total_steps = (schedule_epochs or epochs) * steps_per_epoch
+    start_step = schedule_offset * steps_per_epoch
+
+    def cosine(step: int) -> float:  # multiplier of lr at optimizer step ``step``
+        t = min(start_step + step, total_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * t / total_steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        total_loss, seen = 0.0, 0
+        total_loss = torch.zeros((), device=data.device)  # summed on the device: no sync per step
+        seen = 0
         for x, y in data.batches("train", batch_size, shuffle=True, generator=generator):
-            loss = F.cross_entropy(model(x), y)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=data.device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total_loss += float(loss.detach()) * y.shape[0]
+            total_loss += loss.detach().float() * y.shape[0]
             seen += y.shape[0]
         log(
-            f"[{label}] epoch {epoch}/{epochs} loss {total_loss / max(seen, 1):.4f} "
-            f"({time.perf_counter() - start:.1f} s)"
+            f"[{label}] epoch {epoch}/{epochs} loss {float(total_loss) / max(seen, 1):.4f} "
+            f"lr {opt.param_groups[0]['lr']:.2e} ({time.perf_counter() - start:.1f} s)"
         )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
 
 
 @torch.no_grad()
@@ -84,11 +107,15 @@ def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000) -> floa
     """Top-1 accuracy on the test split, as a fraction in [0, 1]."""
     was_training = model.training
     model.eval()
-    correct = 0
+    cuda = data.device.type == "cuda"
+    correct = torch.zeros((), dtype=torch.long, device=data.device)
     for x, y in data.batches("test", batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=data.device.type, dtype=torch.bfloat16, enabled=cuda):
+            correct += (model(x).argmax(1) == y).sum()
     model.train(was_training)
-    return correct / data.y_test.shape[0]
+    return int(correct) / data.y_test.shape[0]
 
 
 def _stderr(msg: str) -> None:
