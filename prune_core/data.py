@@ -202,11 +202,12 @@ def _unavailable(
         why = f"download failed ({detail})" if detail else "download failed"
         return DatasetUnavailable(
             f"dataset {name!r} not found in {where} and {why}; "
-            "put the files there, or use --quick for the bundled offline digits"
+            "put the files there, or use the bundled offline digits "
+            "(--dataset digits; sweeps: --quick)"
         )
     return DatasetUnavailable(
         f"dataset {name!r} not found in {where} and download is off; "
-        "turn download on, or use --quick for the bundled offline digits"
+        "turn download on, or use the bundled offline digits (--dataset digits; sweeps: --quick)"
     )
 
 
