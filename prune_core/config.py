@@ -138,6 +138,12 @@ class PruneConfig:
             "True only with method ln_structured",
         )
         _check(
+            not (self.remove_channels and self.retrain == "weight_rewind"),
+            "prune.retrain",
+            self.retrain,
+            "finetune or lr_rewind with remove_channels (rewound weights no longer fit)",
+        )
+        _check(
             0.0 <= self.target_sparsity < 1.0,
             "prune.target_sparsity",
             self.target_sparsity,

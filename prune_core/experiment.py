@@ -74,6 +74,7 @@ class PruneResult:
     history: list[dict[str, float]]  # one entry per prune step, step = 1..k
     layer_sparsity: dict[str, float] = field(default_factory=dict)
     measurements: dict[str, Any] = field(default_factory=dict)  # of the final model
+    permanent_test_accuracy: float = float("nan")  # after prune.remove (equal unless a bug)
 
     @property
     def final(self) -> dict[str, float]:
@@ -89,7 +90,11 @@ class PruneResult:
 def select_targets(model: nn.Module, cfg: ExperimentConfig) -> list[PruneTarget]:
     """The prunable tensors of ``model`` under ``cfg.prune`` (bias, first/last, layer list)."""
     p = cfg.prune
-    targets = prunable_targets(model, p.include_bias, p.exclude_first, p.exclude_last)
+    # removing a channel needs its bias zero too, so removal prunes biases with their filters
+    include_bias = p.include_bias or p.remove_channels
+    # a structured cut of the classifier's output neurons would delete classes: never prune them
+    exclude_last = p.exclude_last or p.method == "ln_structured"
+    targets = prunable_targets(model, include_bias, p.exclude_first, exclude_last)
     if p.layers:
         wanted = {name.removesuffix(".weight") for name in p.layers}
         targets = [t for t in targets if t.path.rsplit(".", 1)[0] in wanted]
@@ -106,7 +111,9 @@ def _layer_names(model: nn.Module) -> set[str]:
     return {t.path.rsplit(".", 1)[0] for t in prunable_targets(model)}
 
 
-def method_options(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor) -> dict:
+def method_options(
+    cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor, targets: list[PruneTarget]
+) -> dict:
     """Keyword options of ``cfg.prune.method`` taken from the config."""
     p = cfg.prune
     if p.method == "ln_structured":
@@ -114,8 +121,11 @@ def method_options(cfg: ExperimentConfig, model: nn.Module, example: torch.Tenso
         if p.remove_channels and p.scope == "layer":
             from .structured import channel_groups
 
-            # tie channels that share a residual stream, so whole channels can be removed
-            options["couple"] = channel_groups(model, example)
+            # tie channels that share a residual stream, so whole channels can be removed;
+            # only groups made entirely of selected layers can be pruned together
+            selected = {t.path.rsplit(".", 1)[0] for t in targets}
+            groups = channel_groups(model, example)
+            options["couple"] = [g for g in groups if set(g) <= selected]
         return options
     if p.method == "nm":
         return {"n": p.nm_n, "m": p.nm_m}
@@ -200,7 +210,7 @@ def run_pruning(
         rewind_state = rewind_states[p.rewind_epoch]
     targets = select_targets(model, cfg)
     prunable_total = sum(x.numel() for x in targets)
-    options = method_options(cfg, model, example)
+    options = method_options(cfg, model, example, targets)
     generator = torch.Generator().manual_seed(cfg.seed)
     schedule = sparsity_schedule(p.schedule, p.target_sparsity, p.iterations)
     history = []
@@ -235,9 +245,10 @@ def run_pruning(
             report(step, metrics)
     per_layer = layer_sparsity(targets)
     make_permanent(model)
+    permanent_accuracy = evaluate(model, data)
     measurements = {}
     if measure:
         from .measure import measure_all
 
         measurements = measure_all(model, example)
-    return PruneResult(model, dense, history, per_layer, measurements)
+    return PruneResult(model, dense, history, per_layer, measurements, permanent_accuracy)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
-from typing import NoReturn
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from prune_core.data import DATASETS
+from prune_core.models import MODELS
 from search_spaces import SPACES
 
 from .pareto import parse_objectives
@@ -23,7 +25,7 @@ class Study:
     """What a sweep module fixes: its model, full-size dataset and budgets, and its space."""
 
     name: str
-    model: str
+    models: tuple[str, ...]  # a study may compare several architectures (one baseline each)
     dataset: str
     space: str
     description: str
@@ -35,7 +37,8 @@ class Study:
     quick_baseline_epochs: int = 5
     quick_num_samples: int = 6
     quick_batch_size: int = 64
-    extra: dict = field(default_factory=dict)
+    # the study's report: runs table -> {CSV name: table}; default: one results.csv
+    tables: Callable[[Any], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,9 @@ class SweepSpec:
 
     study: str
     quick: bool
+    grid: bool
     dataset: str
-    model: str
+    models: tuple[str, ...]
     space: str
     data_root: str
     num_samples: int
@@ -62,6 +66,7 @@ class SweepSpec:
     batch_size: int
     objectives: str
     cache_dir: str
+    results_dir: str
     download: bool = True
 
 
@@ -77,6 +82,10 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     """The flags every sweep shares."""
     p = _OneLineParser(prog=f"python -m sweeps.{study.name}", description=study.description)
     p.add_argument("--quick", action="store_true", help="digits, small budgets: minutes on a CPU")
+    p.add_argument("--grid", action="store_true", help="run the study's exact protocol (no search)")
+    p.add_argument(
+        "--model", help=f"architecture(s), comma-separated (default {','.join(study.models)})"
+    )
     p.add_argument("--dataset", help=f"default {study.dataset} ({', '.join(DATASETS.names())})")
     p.add_argument("--data-root", default="data", help="folder for torchvision datasets")
     p.add_argument("--no-download", action="store_true", help="never download datasets")
@@ -105,6 +114,11 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
         help="two or three METRIC:max|min, comma-separated",
     )
     p.add_argument("--cache-dir", default="mlruns/baselines", help="dense-baseline cache folder")
+    p.add_argument(
+        "--results-dir",
+        default="mlruns/results",
+        help="the sweep's CSV tables go to RESULTS_DIR/<sweep name>/ (and to the parent run)",
+    )
     return p
 
 
@@ -118,6 +132,12 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         raise UsageError(
             f"--dataset {dataset!r} is unknown; choose from: {', '.join(DATASETS.names())}"
         )
+    models = tuple(args.model.split(",")) if args.model else study.models
+    for model in models:
+        if model not in MODELS:
+            raise UsageError(
+                f"--model {model!r} is unknown; choose from: {', '.join(MODELS.names())}"
+            )
     if args.space not in SPACES:
         raise UsageError(
             f"--space {args.space!r} is unknown; choose from: {', '.join(SPACES.names())}"
@@ -152,8 +172,9 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
     return SweepSpec(
         study=study.name,
         quick=args.quick,
+        grid=args.grid,
         dataset=dataset,
-        model=study.model,
+        models=models,
         space=args.space,
         data_root=args.data_root,
         num_samples=num_samples,
@@ -170,5 +191,6 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         batch_size=study.quick_batch_size if args.quick else study.batch_size,
         objectives=args.objectives,
         cache_dir=os.path.abspath(args.cache_dir),
+        results_dir=os.path.abspath(args.results_dir),
         download=not args.no_download,
     )

@@ -13,6 +13,11 @@ OBJECTIVE_METRICS = {
     "sparsity": "fraction",
     "nonzero_params": "count",
     "total_params": "count",
+    "size_bytes": "bytes",
+    "sparse_size_bytes": "bytes",
+    "flops": "FLOPs per batch",
+    "effective_flops": "FLOPs per batch",
+    "latency_ms": "ms per batch",
 }
 
 

@@ -1,7 +1,8 @@
 """ResNet-18 (CIFAR form): one-shot versus iterative global magnitude pruning.
 
-python -m sweeps.resnet18_iterative --quick     # digits, CPU, a few minutes
-python -m sweeps.resnet18_iterative             # CIFAR-10: GPU work (--gpus-per-trial 0.25)
+python -m sweeps.resnet18_iterative --quick          # digits, CPU, a few minutes
+python -m sweeps.resnet18_iterative --quick --grid   # the study's 12 recipes, on digits
+python -m sweeps.resnet18_iterative                  # CIFAR-10: GPU work (--gpus-per-trial 0.25)
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ import sys
 
 from .cli import Study
 from .runner import main
+from .studies import resnet18_tables
 
 STUDY = Study(
     name="resnet18_iterative",
-    model="resnet18",
+    models=("resnet18",),
     dataset="cifar10",
     space="resnet18_iterative",
     description=(
         "Sweep global magnitude pruning recipes (target sparsity, one-shot or iterative, "
         "fine-tune epochs, learning rate) on ResNet-18 with Ray Tune + Optuna, tracked in MLflow."
     ),
+    tables=resnet18_tables,
 )
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""Run a sweep: checks, dense baseline, Ray Tune + OptunaSearch trials, MLflow, Pareto front."""
+"""Run a sweep: checks, dense baselines, Ray Tune trials (Optuna search or a fixed grid), MLflow
+runs, the Pareto front and the study's results tables."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -15,7 +18,6 @@ from prune_core.baseline import load_or_train_baseline
 from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from prune_core.data import DatasetUnavailable, load_dataset
 from prune_core.train import pick_device
-from search_spaces import get_space
 
 from .cli import Study, SweepSpec, UsageError, resolve_spec
 from .pareto import pareto_table, parse_objectives
@@ -28,7 +30,10 @@ from .tracking import (
 )
 from .trial import prune_trial
 
-RECIPE_COLUMNS = ["target_sparsity", "schedule", "iterations", "finetune_epochs", "lr"]
+RECIPE_COLUMNS = ["model", "method", "target_sparsity", "schedule", "iterations",
+                  "finetune_epochs", "lr", "retrain"]  # fmt: skip
+# Spaces that may choose weight rewinding: their baselines keep the early weights it needs.
+REWINDING_SPACES = ("unstructured", "full")
 
 
 @dataclass
@@ -38,64 +43,103 @@ class SweepOutcome:
     parent_run_id: str
     experiment_id: str
     tracking_uri: str
-    baseline_reused: bool
-    dense_test_accuracy: float
+    baseline_reused: bool  # every model's baseline came from the cache
+    dense_test_accuracy: dict[str, float]  # per model
     runs: pd.DataFrame  # one row per FINISHED trial, with a boolean ``pareto`` column
     failed_trials: int
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # CSV name -> table
+    sweep_name: str = ""
+    results_dir: str = ""  # where the CSV tables were written
 
 
 def say(msg: str) -> None:
-    """Progress line on stderr (stdout carries the result table)."""
+    """Progress line on stderr (stdout carries the result tables)."""
     print(f"[sweep] {msg}", file=sys.stderr, flush=True)
 
 
-def _base_config(spec: SweepSpec) -> ExperimentConfig:
+def base_config(spec: SweepSpec, model: str) -> ExperimentConfig:
+    """The data/model/training config of ``model``'s dense baseline in this sweep."""
+    rewind: tuple[int, ...] = ()
+    if spec.space in REWINDING_SPACES and not spec.grid:
+        from search_spaces import REWIND_EPOCHS
+
+        rewind = tuple(e for e in REWIND_EPOCHS if e < spec.baseline_epochs)
     return ExperimentConfig(
         data=DataConfig(
             dataset=spec.dataset, root=spec.data_root, download=spec.download,
             batch_size=spec.batch_size,
         ),
-        model=ModelConfig(name=spec.model),
-        train=TrainConfig(epochs=spec.baseline_epochs, lr=spec.baseline_lr),
+        model=ModelConfig(name=model),
+        train=TrainConfig(epochs=spec.baseline_epochs, lr=spec.baseline_lr, rewind_epochs=rewind),
         seed=spec.seed,
     )  # fmt: skip
 
 
-def _init_ray(spec: SweepSpec) -> None:
+def _check_resources(spec: SweepSpec, resources: dict[str, float]) -> None:
+    """Raise ``UsageError`` if one trial asks for more CPUs or GPUs than the whole cluster has
+    (Ray Tune would otherwise wait for them forever)."""
+    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+    if spec.gpus_per_trial > 0 and gpus < spec.gpus_per_trial:
+        raise UsageError(
+            f"--gpus-per-trial {spec.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs; "
+            "pass --gpus-per-trial 0 or connect to a cluster with GPUs (--address)"
+        )
+    if cpus < spec.cpus_per_trial:
+        raise UsageError(
+            f"--cpus-per-trial {spec.cpus_per_trial:g}: the Ray cluster has {cpus:g} CPUs; "
+            f"pass at most {cpus:g}"
+        )
+
+
+def _init_ray(spec: SweepSpec) -> bool:
+    """Start or join Ray (unless this process is connected already), and fail at once if a
+    trial's resources can never be met. Returns True if this call connected (and so must
+    disconnect)."""
     import ray
 
-    if spec.address:
+    if ray.is_initialized():
+        connected = False
+    elif spec.address:
         ray.init(address=spec.address, logging_level="WARNING", log_to_driver=True)
+        connected = True
     else:
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-    if spec.gpus_per_trial > 0:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus < spec.gpus_per_trial:
-            raise UsageError(
-                f"--gpus-per-trial {spec.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs; "
-                "pass --gpus-per-trial 0 or connect to a cluster with GPUs (--address)"
-            )
+        connected = True
+    try:
+        _check_resources(spec, ray.cluster_resources())
+    except UsageError:
+        if connected:
+            ray.shutdown()
+        raise
+    return connected
 
 
-def run_sweep(spec: SweepSpec) -> SweepOutcome:
-    """Run the sweep ``spec`` end to end and return its outcome (see module docstring).
+def space_with_models(trial: Any, space: Callable, models: tuple[str, ...]) -> dict[str, Any]:
+    """A study with several models lets Optuna pick the model too."""
+    trial.suggest_categorical("model", list(models))
+    return space(trial)
+
+
+def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
+    """Run the sweep ``spec`` end to end and return its outcome.
 
     Everything that can be checked is checked before any MLflow run exists: the tracking URI,
-    the dataset, the objectives, the Ray cluster and its GPUs.
+    the dataset, the objectives, the Ray cluster and its resources.
     """
     import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    from search_spaces import get_grid, get_space
+
     objectives = parse_objectives(spec.objectives)
     target = resolve_tracking_uri(spec.tracking_uri)
-    cfg = _base_config(spec)
     data = load_dataset(spec.dataset, root=spec.data_root, download=spec.download, seed=spec.seed)
     say(f"dataset {spec.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images")
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    _init_ray(spec)
+    connected = _init_ray(spec)
     try:
         client = MlflowClient(tracking_uri=target.uri)
         experiment_id = get_or_create_experiment(client, spec.experiment, target.artifact_location)
@@ -104,27 +148,35 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
         parent_id = parent.info.run_id
         status = "FAILED"
         try:
-            log_params(client, parent.info.run_id, {
-                **{k: v for k, v in dataclasses.asdict(spec).items() if k != "tracking_uri"},
-                "baseline_hash": cfg.baseline_hash(),
-            })  # fmt: skip
+            settings = dataclasses.asdict(spec)
+            settings["models"] = ",".join(settings["models"])
+            log_params(client, parent_id, settings)
             device = pick_device(None)
-            say(
-                f"dense baseline {cfg.baseline_hash()}: {spec.model}, {spec.baseline_epochs} epochs"
-            )
-            baseline = load_or_train_baseline(
-                cfg, data.to(device), spec.cache_dir, log=lambda m: say(m)
-            )
-            source = "cache" if baseline.reused else "trained"
-            acc = baseline.test_accuracy
-            say(f"dense baseline {source}: test accuracy {acc:.4f} ({baseline.path})")
-            client.set_tag(parent_id, "baseline_source", source)
-            client.log_metric(parent_id, "dense_test_accuracy", baseline.test_accuracy)
+            device_data = data.to(device)
+            baselines, accuracies, reused = {}, {}, []
+            for model in spec.models:
+                cfg = base_config(spec, model)
+                say(f"dense {model} {cfg.baseline_hash()}: {spec.baseline_epochs} epochs")
+                b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=say)
+                source = "cache" if b.reused else "trained"
+                say(f"dense {model} {source}: test accuracy {b.test_accuracy:.4f} ({b.path})")
+                baselines[model] = {
+                    "state": b.state,
+                    "test_accuracy": b.test_accuracy,
+                    "rewind_states": b.rewind_states,
+                }
+                accuracies[model] = b.test_accuracy
+                reused.append(b.reused)
+                client.set_tag(parent_id, f"baseline_source.{model}", source)
+                client.log_metric(parent_id, f"dense_test_accuracy.{model}", b.test_accuracy)
+            client.set_tag(parent_id, "baseline_source", "cache" if all(reused) else "trained")
+            client.log_metric(parent_id, "dense_test_accuracy", accuracies[spec.models[0]])
+            del device_data
 
             context = {
-                "data": dataclasses.asdict(cfg.data),
-                "model": dataclasses.asdict(cfg.model),
-                "train": dataclasses.asdict(cfg.train),
+                "data": dataclasses.asdict(base_config(spec, spec.models[0]).data),
+                "model": {"name": spec.models[0]},
+                "train": dataclasses.asdict(base_config(spec, spec.models[0]).train),
                 "seed": spec.seed,
                 "cpus_per_trial": spec.cpus_per_trial,
                 "gpus_per_trial": spec.gpus_per_trial,
@@ -134,64 +186,85 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
                 "sweep_name": sweep_name,
             }
             trainable = tune.with_resources(
-                tune.with_parameters(
-                    prune_trial,
-                    context=context,
-                    baseline={"state": baseline.state, "test_accuracy": baseline.test_accuracy},
-                    data=data,
-                ),
+                tune.with_parameters(prune_trial, context=context, baselines=baselines, data=data),
                 {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
             )
-            search = OptunaSearch(
-                get_space(spec.space, quick=spec.quick),
-                metric=[o.metric for o in objectives],
-                mode=[o.mode for o in objectives],
-                seed=spec.seed,
-            )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
+            if spec.grid:
+                recipes = [
+                    {**r, "model": m} for m in spec.models for r in get_grid(spec.study, spec.quick)
+                ]
+                tune_config = tune.TuneConfig(
+                    num_samples=1, max_concurrent_trials=spec.max_concurrent, reuse_actors=True
+                )
+                param_space = {"recipe": tune.grid_search(recipes)}
+                say(f"grid: {len(recipes)} recipes of the study's protocol")
+            else:
+                space = get_space(spec.space, quick=spec.quick)
+                if len(spec.models) > 1:
+                    space = functools.partial(space_with_models, space=space, models=spec.models)
+                search = OptunaSearch(
+                    space,
+                    metric=[o.metric for o in objectives],
+                    mode=[o.mode for o in objectives],
+                    seed=spec.seed,
+                )
+                tune_config = tune.TuneConfig(
                     search_alg=search,
                     num_samples=spec.num_samples,
                     max_concurrent_trials=spec.max_concurrent,
                     reuse_actors=True,
-                ),
+                )
+                param_space = None
+                say(f"Optuna search over space {spec.space!r}: {spec.num_samples} trials")
+            say(
+                f"{spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
+                f"MLflow experiment {spec.experiment!r}, parent run {parent_id}"
+            )
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune_config,
                 run_config=tune.RunConfig(
                     name=sweep_name, storage_path=spec.storage_path, verbose=1
                 ),
             )
-            say(
-                f"{spec.num_samples} trials, {spec.cpus_per_trial:g} CPU + "
-                f"{spec.gpus_per_trial:g} GPU each; MLflow experiment {spec.experiment!r}"
-            )
             grid = tuner.fit()
             failed = sum(1 for r in grid if r.error is not None)
 
-            runs = trial_table(child_runs(target.uri, experiment_id, parent_id))
+            runs = trial_table(child_runs(target.uri, experiment_id, parent_id), accuracies)
             table = pareto_table(runs, objectives) if len(runs) else runs
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "pareto.csv")
-                table.to_csv(path, index=False)
+            tables = {"pareto.csv": table}
+            if study is not None and study.tables is not None and len(runs):
+                tables.update(study.tables(runs))
+            elif len(runs):
+                tables["results.csv"] = results_table(runs)
+            out_dir = os.path.join(spec.results_dir, sweep_name)
+            os.makedirs(out_dir, exist_ok=True)
+            for name, frame in tables.items():
+                path = os.path.join(out_dir, name)
+                frame.to_csv(path, index=False)
                 client.log_artifact(parent_id, path)
             client.log_metric(parent_id, "finished_trials", len(runs))
             client.log_metric(parent_id, "failed_trials", failed)
             status = "FINISHED"
             return SweepOutcome(
-                parent_id, experiment_id, target.uri, baseline.reused,
-                baseline.test_accuracy, table, failed,
+                parent_id, experiment_id, target.uri, all(reused), accuracies, table, failed,
+                tables, sweep_name, out_dir,
             )  # fmt: skip
         finally:
             client.set_terminated(parent_id, status)
     finally:
-        ray.shutdown()
+        if connected:
+            ray.shutdown()
 
 
-def trial_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per child run: name, recipe and final metrics, under plain column names."""
+def trial_table(df: pd.DataFrame, dense_accuracy: dict[str, float]) -> pd.DataFrame:
+    """One row per child run: name, recipe and final metrics, under plain column names, with
+    ``accuracy_change`` against the dense model of the same architecture."""
     if df.empty:
         return pd.DataFrame(columns=["run_id", "run_name", *RECIPE_COLUMNS])
     out = pd.DataFrame({"run_id": df["run_id"], "run_name": df["tags.mlflow.runName"]})
-    for col in ["method", *RECIPE_COLUMNS]:
+    for col in RECIPE_COLUMNS:
         out[col] = df.get(f"params.{col}")
     for col in [c for c in df.columns if c.startswith("metrics.")]:
         out[col[len("metrics.") :]] = df[col]
@@ -199,25 +272,50 @@ def trial_table(df: pd.DataFrame) -> pd.DataFrame:
         out[col] = out[col].astype(float)
     for col in ("iterations", "finetune_epochs"):
         out[col] = out[col].astype(int)
-    return out.reset_index(drop=True)
+    out["dense_test_accuracy"] = out["model"].map(dense_accuracy)
+    out["accuracy_change"] = out["test_accuracy"] - out["dense_test_accuracy"]
+    return out.sort_values("run_name", kind="stable").reset_index(drop=True)
 
 
-def format_front(table: pd.DataFrame, objectives_text: str, dense_accuracy: float) -> str:
+def results_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The studies' report shape: accuracy, change from dense, sparsity, non-zero over total
+    parameters, size in MB, one row per trial."""
+    out = pd.DataFrame({
+        "run_name": runs["run_name"],
+        "model": runs["model"],
+        "method": runs["method"],
+        "target_sparsity": runs["target_sparsity"],
+        "test_accuracy": runs["test_accuracy"],
+        "accuracy_change": runs["accuracy_change"],
+        "sparsity": runs["sparsity"],
+        "nonzero_over_total": [
+            f"{int(n)}/{int(t)}"
+            for n, t in zip(runs["nonzero_params"], runs["total_params"], strict=True)
+        ],
+    })  # fmt: skip
+    if "size_bytes" in runs:
+        out["size_mb"] = runs["size_bytes"] / 2**20
+        out["sparse_size_mb"] = runs["sparse_size_bytes"] / 2**20
+    return out
+
+
+def format_front(table: pd.DataFrame, objectives_text: str, dense: dict[str, float]) -> str:
     """The printed summary: every trial, Pareto-optimal ones marked with '*'."""
     objectives = parse_objectives(objectives_text)
-    cols = ["run_name", "target_sparsity", "iterations", "finetune_epochs", "lr"]
-    cols += [o.metric for o in objectives if o.metric not in cols]
+    cols = ["run_name", "lr"] + [o.metric for o in objectives]
     for extra in ("test_accuracy", "sparsity", "nonzero_params"):
         if extra not in cols:
             cols.append(extra)
     shown = table[[c for c in cols if c in table.columns]].copy()
     shown.insert(0, "pareto", table["pareto"].map({True: "*", False: ""}))
-    if "nonzero_params" in shown:
-        shown["nonzero_params"] = shown["nonzero_params"].astype("int64")
+    for col in ("nonzero_params", "flops", "effective_flops", "size_bytes"):
+        if col in shown:
+            shown[col] = shown[col].astype("int64")
     front = int(table["pareto"].sum())
+    dense_text = ", ".join(f"{m} {a:.4f}" for m, a in dense.items())
     header = (
         f"Pareto front over {', '.join(map(str, objectives))}: {front} of {len(table)} trials "
-        f"(dense test accuracy {dense_accuracy:.4f})"
+        f"(dense test accuracy: {dense_text})"
     )
     return header + "\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
@@ -226,7 +324,7 @@ def main(study: Study, argv: list[str] | None = None) -> int:
     """Command-line entry point of a sweep module; returns the exit status."""
     try:
         spec = resolve_spec(study, argv)
-        outcome = run_sweep(spec)
+        outcome = run_sweep(spec, study)
     except (UsageError, TrackingError, DatasetUnavailable) as err:
         print(f"python -m sweeps.{study.name}: error: {err}", file=sys.stderr)
         return 2
@@ -237,10 +335,16 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         print(f"no trial finished ({outcome.failed_trials} failed); see the Ray output above",
               file=sys.stderr)  # fmt: skip
         return 1
+    for name, frame in outcome.tables.items():
+        if name == "pareto.csv":
+            continue
+        print(f"\n{name}\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print()
     print(format_front(outcome.runs, spec.objectives, outcome.dense_test_accuracy))
     print(
         f"\nMLflow: {outcome.tracking_uri} experiment {spec.experiment!r}, parent run "
-        f"{outcome.parent_run_id} (pareto.csv attached). "
+        f"{outcome.parent_run_id} ({', '.join(outcome.tables)} attached; also in "
+        f"{outcome.results_dir}). "
         f"UI: mlflow ui --backend-store-uri {spec.tracking_uri}"
     )
     if outcome.failed_trials:

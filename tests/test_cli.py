@@ -60,7 +60,7 @@ def test_bad_input_one_line_nonzero_exit_no_run(tmp_path, args, needles):
 
 def test_resolve_spec_defaults_and_quick():
     spec = resolve_spec(STUDY, ["--quick"])
-    assert (spec.dataset, spec.model, spec.num_samples) == ("digits", "resnet18", 6)
+    assert (spec.dataset, spec.models, spec.num_samples) == ("digits", ("resnet18",), 6)
     assert spec.experiment == "resnet18_iterative-quick"
     assert os.path.isabs(spec.storage_path) and os.path.isabs(spec.cache_dir)
     full = resolve_spec(STUDY, ["--gpus-per-trial", "0.25", "--num-samples", "3"])

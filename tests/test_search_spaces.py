@@ -1,0 +1,387 @@
+"""Search spaces and grids, with Optuna alone (no Ray): every sampled recipe is a valid PruneConfig
+whose parameters appear exactly when their condition holds and stay in their documented ranges."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import warnings
+
+import optuna
+import pytest
+
+import search_spaces
+from prune_core.config import PruneConfig
+from prune_core.models import build_model
+from prune_core.pruning import PRUNING_METHODS, prunable_targets
+from search_spaces import (
+    GRIDS,
+    RECIPE_KEYS,
+    REWIND_EPOCHS,
+    SPACES,
+    get_grid,
+    get_space,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+N_SAMPLES = 300
+SPACE_NAMES = ("resnet18_iterative", "unstructured", "structured", "full")
+NM_M = {2: 4, 1: 4, 4: 8}  # the patterns 2:4, 1:4, 4:8 by their N
+
+
+def sample(name: str, quick: bool, n: int = N_SAMPLES, sampler=None):
+    """(params, constants, recipe) for ``n`` trials of space ``name``."""
+    study = optuna.create_study(sampler=sampler or optuna.samplers.RandomSampler(seed=0))
+    space = get_space(name, quick=quick)
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        constants = space(trial)
+        study.tell(trial, 0.0)
+        assert isinstance(constants, dict)
+        out.append((dict(trial.params), constants, {**trial.params, **constants}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return {(n, q): sample(n, q) for n in SPACE_NAMES for q in (False, True)}
+
+
+def on_grid(value: float, low: float, high: float, step: float) -> bool:
+    k = (value - low) / step
+    return low - 1e-9 <= value <= high + 1e-9 and abs(k - round(k)) < 1e-6
+
+
+# -------------------------------------------------------------------------------------------------
+# Expected behaviour of each space, written out from the spec (not read from the module)
+# -------------------------------------------------------------------------------------------------
+
+
+def check_common(recipe: dict, quick: bool) -> None:
+    """Rules shared by unstructured, structured and full."""
+    it_high = 3 if quick else 5
+    ft_high = 2 if quick else 5
+    if recipe["method"] == "nm":
+        assert recipe["schedule"] == "oneshot" and "iterations" not in recipe
+        assert recipe["nm_m"] == NM_M[recipe["nm_n"]]
+        assert recipe["target_sparsity"] == pytest.approx(1 - recipe["nm_n"] / recipe["nm_m"])
+    else:
+        assert "nm_n" not in recipe and "nm_m" not in recipe
+        # iterations exactly for iterative and gradual
+        assert ("iterations" in recipe) == (recipe["schedule"] in ("iterative", "gradual"))
+        if "iterations" in recipe:
+            assert 2 <= recipe["iterations"] <= it_high
+    if recipe["method"] == "ln_structured":
+        assert recipe["norm"] in (1, 2) and recipe["scope"] in ("layer", "global")
+        if recipe.get("remove_channels"):
+            assert recipe["scope"] == "layer" and recipe["include_bias"] is True
+            assert recipe.get("retrain", "finetune") != "weight_rewind"
+    else:
+        assert not {"norm", "scope", "remove_channels"} & set(recipe)
+    if recipe.get("retrain", "finetune") == "finetune":
+        assert 1 <= recipe["finetune_epochs"] <= ft_high
+        assert 1e-4 <= recipe["lr"] <= 1e-1
+        assert "rewind_epoch" not in recipe
+    else:  # rewinding replays the dense schedule: fine-tune epochs and lr would be dead params
+        assert "finetune_epochs" not in recipe and "lr" not in recipe
+        allowed = REWIND_EPOCHS if recipe["retrain"] == "weight_rewind" else (1, 2)
+        assert recipe["rewind_epoch"] in allowed
+
+
+def check_resnet18_iterative(params, constants, recipe, quick):
+    assert set(params) == {"target_sparsity", "iterations", "finetune_epochs", "lr"}
+    assert on_grid(recipe["target_sparsity"], 0.3, 0.95, 0.05)
+    assert 1 <= recipe["iterations"] <= (3 if quick else 5)
+    assert 1 <= recipe["finetune_epochs"] <= (2 if quick else 5)
+    assert 1e-3 <= recipe["lr"] <= 1e-1
+    assert constants == {
+        "method": "global_magnitude",
+        "schedule": "oneshot" if recipe["iterations"] == 1 else "iterative",
+    }
+
+
+def check_unstructured(params, constants, recipe, quick):
+    assert recipe["method"] in ("l1_unstructured", "global_magnitude", "random_unstructured")
+    assert on_grid(recipe["target_sparsity"], 0.3, 0.99, 0.01)
+    assert recipe["retrain"] in ("finetune", "weight_rewind", "lr_rewind")
+    assert isinstance(recipe["include_bias"], bool)
+    assert constants == {}
+    check_common(recipe, quick)
+
+
+def check_structured(params, constants, recipe, quick):
+    assert recipe["method"] in ("ln_structured", "l1_unstructured", "random_unstructured", "nm")
+    assert "retrain" not in recipe  # plain fine-tuning only
+    if recipe["method"] != "nm":
+        assert on_grid(recipe["target_sparsity"], 0.1, 0.9, 0.05)
+        assert "target_sparsity" in params and "schedule" in params
+    else:  # constants, not suggestions
+        assert not {"target_sparsity", "schedule", "nm_m"} & set(params)
+    # include_bias only as the constant that channel removal needs
+    assert ("include_bias" in recipe) == bool(recipe.get("remove_channels"))
+    if recipe["method"] == "ln_structured":
+        assert ("remove_channels" in recipe) == (recipe["scope"] == "layer")
+    check_common(recipe, quick)
+
+
+def check_full(params, constants, recipe, quick):
+    assert recipe["method"] in PRUNING_METHODS
+    assert recipe["retrain"] in ("finetune", "weight_rewind", "lr_rewind")
+    if recipe["method"] == "ln_structured":
+        assert on_grid(recipe["target_sparsity"], 0.1, 0.9, 0.05)
+        removable = recipe["scope"] == "layer" and recipe["retrain"] != "weight_rewind"
+        assert ("remove_channels" in recipe) == removable
+        assert "include_bias" in recipe
+    elif recipe["method"] == "nm":
+        assert "include_bias" not in recipe  # N:M never prunes biases
+    else:
+        assert on_grid(recipe["target_sparsity"], 0.3, 0.99, 0.01)
+        assert isinstance(recipe["include_bias"], bool)
+    check_common(recipe, quick)
+
+
+CHECKS = {
+    "resnet18_iterative": check_resnet18_iterative,
+    "unstructured": check_unstructured,
+    "structured": check_structured,
+    "full": check_full,
+}
+
+# every value each discrete parameter must take at least once over the samples (full budgets;
+# quick caps iterations at 3 and finetune_epochs at 2)
+EXPECTED_VALUES = {
+    "resnet18_iterative": {
+        "iterations": {1, 2, 3, 4, 5},
+        "finetune_epochs": {1, 2, 3, 4, 5},
+        "schedule": {"oneshot", "iterative"},
+    },
+    "unstructured": {
+        "method": {"l1_unstructured", "global_magnitude", "random_unstructured"},
+        "schedule": {"oneshot", "iterative", "gradual"},
+        "iterations": {2, 3, 4, 5},
+        "finetune_epochs": {1, 2, 3, 4, 5},
+        "retrain": {"finetune", "weight_rewind", "lr_rewind"},
+        "rewind_epoch": set(REWIND_EPOCHS),
+        "include_bias": {False, True},
+    },
+    "structured": {
+        "method": {"ln_structured", "l1_unstructured", "random_unstructured", "nm"},
+        "schedule": {"oneshot", "iterative", "gradual"},
+        "iterations": {2, 3, 4, 5},
+        "finetune_epochs": {1, 2, 3, 4, 5},
+        "norm": {1, 2},
+        "scope": {"layer", "global"},
+        "remove_channels": {False, True},
+        "nm_n": {1, 2, 4},
+        "nm_m": {4, 8},
+        "include_bias": {True},
+    },
+    "full": {
+        "method": set(PRUNING_METHODS.names()),
+        "schedule": {"oneshot", "iterative", "gradual"},
+        "iterations": {2, 3, 4, 5},
+        "finetune_epochs": {1, 2, 3, 4, 5},
+        "retrain": {"finetune", "weight_rewind", "lr_rewind"},
+        "rewind_epoch": set(REWIND_EPOCHS),
+        "norm": {1, 2},
+        "scope": {"layer", "global"},
+        "remove_channels": {False, True},
+        "nm_n": {1, 2, 4},
+        "include_bias": {False, True},
+    },
+}
+
+
+def test_registered_spaces():
+    assert set(SPACES.names()) == set(SPACE_NAMES)
+
+
+def test_recipe_keys_are_prune_config_fields():
+    fields = {f.name for f in dataclasses.fields(PruneConfig)}
+    assert set(RECIPE_KEYS) <= fields
+    assert len(RECIPE_KEYS) == len(set(RECIPE_KEYS)) == 15
+
+
+def test_full_space_covers_every_registered_method():
+    # a newly registered pruning method must be added to the full space on purpose
+    assert set(search_spaces.FULL_METHODS) == set(PRUNING_METHODS.names())
+
+
+@pytest.mark.parametrize("quick", [False, True])
+@pytest.mark.parametrize("name", SPACE_NAMES)
+def test_space_samples_are_valid_recipes(samples, name, quick):
+    for params, constants, recipe in samples[(name, quick)]:
+        assert set(recipe) <= set(RECIPE_KEYS), recipe
+        assert not set(params) & set(constants), (params, constants)  # no silent override
+        CHECKS[name](params, constants, recipe, quick)
+        cfg = PruneConfig(**recipe)  # raises if any cross-field rule is broken
+        for key, value in recipe.items():
+            assert getattr(cfg, key) == value
+
+
+@pytest.mark.parametrize("quick", [False, True])
+@pytest.mark.parametrize("name", SPACE_NAMES)
+def test_space_covers_every_choice(samples, name, quick):
+    seen: dict[str, set] = {}
+    for _, _, recipe in samples[(name, quick)]:
+        for key, value in recipe.items():
+            seen.setdefault(key, set()).add(value)
+    for key, expected in EXPECTED_VALUES[name].items():
+        if quick and key == "iterations":
+            expected = {v for v in expected if v <= 3}
+        if quick and key == "finetune_epochs":
+            expected = {v for v in expected if v <= 2}
+        assert seen[key] == expected, key
+    if name != "resnet18_iterative":
+        rewind = {}
+        for _, _, recipe in samples[(name, quick)]:
+            if "rewind_epoch" in recipe:
+                rewind.setdefault(recipe["retrain"], set()).add(recipe["rewind_epoch"])
+        if name == "structured":
+            assert rewind == {}
+        else:
+            assert rewind == {"weight_rewind": set(REWIND_EPOCHS), "lr_rewind": {1, 2}}
+
+
+def test_quick_narrows_budgets(samples):
+    for name in SPACE_NAMES:
+        full_max = max(r.get("finetune_epochs", 0) for _, _, r in samples[(name, False)])
+        quick_max = max(r.get("finetune_epochs", 0) for _, _, r in samples[(name, True)])
+        assert (full_max, quick_max) == (5, 2), name
+        assert max(r.get("iterations", 1) for _, _, r in samples[(name, True)]) == 3, name
+
+
+def test_tpe_sampler_keeps_ranges_across_branches():
+    # TPE (OptunaSearch's sampler) models each name over every trial that has it; target_sparsity
+    # and rewind_epoch have different ranges per branch, which Optuna must accept and respect
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=10, multivariate=True)
+    for params, constants, recipe in sample("full", quick=True, n=80, sampler=sampler):
+        check_full(params, constants, recipe, quick=True)
+        PruneConfig(**recipe)
+
+
+@pytest.mark.parametrize("name", SPACE_NAMES)
+def test_space_pickles(name):
+    space = pickle.loads(pickle.dumps(get_space(name, quick=True)))
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    space(trial)
+    assert trial.params  # the unpickled space still suggests
+    assert get_space(name, quick=True).keywords == {"quick": True}
+
+
+def test_unknown_space_lists_names():
+    with pytest.raises(KeyError, match="unstructured"):
+        get_space("nope")
+
+
+# -------------------------------------------------------------------------------------------------
+# Grids
+# -------------------------------------------------------------------------------------------------
+
+GRID_COUNTS = {
+    "mnist_cnn_l1": 1,
+    "mnist_magnitude_vs_structured": 8,
+    "mnist_finetune": 5,
+    "cifar_cnn_structured": 5,
+    "resnet18_iterative": 12,
+}
+
+
+@pytest.mark.parametrize("quick", [False, True])
+@pytest.mark.parametrize("name", sorted(GRID_COUNTS))
+def test_grid_recipes_are_valid(name, quick):
+    recipes = get_grid(name, quick=quick)
+    assert len(recipes) == GRID_COUNTS[name]
+    for recipe in recipes:
+        assert set(recipe) <= set(RECIPE_KEYS)
+        assert {"method", "target_sparsity", "schedule", "iterations", "finetune_epochs"} <= set(
+            recipe
+        )
+        assert ("lr" in recipe) == (recipe["finetune_epochs"] > 0)
+        PruneConfig(**recipe)
+    # distinct recipes, and a fresh copy every call
+    assert len({tuple(sorted(r.items())) for r in recipes}) == len(recipes)
+    recipes[0]["method"] = "changed"
+    assert get_grid(name, quick=quick)[0]["method"] != "changed"
+
+
+def test_registered_grids():
+    assert set(GRIDS.names()) == set(GRID_COUNTS)
+
+
+def test_mnist_cnn_l1_grid():
+    assert get_grid("mnist_cnn_l1") == [
+        {
+            "method": "l1_unstructured",
+            "target_sparsity": 0.5,
+            "schedule": "oneshot",
+            "iterations": 1,
+            "finetune_epochs": 0,
+            "include_bias": True,
+        }
+    ]
+
+
+def test_magnitude_vs_structured_grid():
+    recipes = get_grid("mnist_magnitude_vs_structured")
+    pairs = {(r["method"], r["target_sparsity"]) for r in recipes}
+    assert pairs == {
+        (m, a) for m in ("l1_unstructured", "ln_structured") for a in (0.3, 0.5, 0.7, 0.9)
+    }
+    for r in recipes:
+        assert r["schedule"] == "oneshot" and r["finetune_epochs"] == 0
+        if r["method"] == "ln_structured":
+            assert (r["norm"], r["scope"]) == (2, "layer")
+
+
+@pytest.mark.parametrize("quick, epochs", [(False, 2), (True, 1)])
+def test_mnist_finetune_grid(quick, epochs):
+    recipes = get_grid("mnist_finetune", quick=quick)
+    assert [r["target_sparsity"] for r in recipes] == [0.3, 0.5, 0.7, 0.9, 0.99]
+    for r in recipes:
+        assert r["method"] == "global_magnitude" and r["schedule"] == "oneshot"
+        assert r["finetune_epochs"] == epochs and r["lr"] > 0
+
+
+def test_cifar_grid_prunes_the_first_conv():
+    for image_size, channels in ((32, 3), (8, 1)):  # CIFAR-10 and the offline digits
+        model = build_model("cifar_cnn", channels, 10, image_size)
+        first = prunable_targets(model)[0]
+        assert first.path == search_spaces.grids.CIFAR_CNN_FIRST_CONV + ".weight"
+        assert first.module is next(m for m in model.modules() if hasattr(m, "kernel_size"))
+    recipes = get_grid("cifar_cnn_structured")
+    assert all(r["target_sparsity"] == 0.4 and r["finetune_epochs"] == 0 for r in recipes)
+    study = recipes[0]
+    assert (study["method"], study["norm"], study["layers"]) == ("ln_structured", 1, ("0",))
+    on_first = [r for r in recipes if r.get("layers") == ("0",)]
+    assert {r["method"] for r in on_first} == {
+        "ln_structured",
+        "l1_unstructured",
+        "random_unstructured",
+    }
+    assert {r["norm"] for r in on_first if r["method"] == "ln_structured"} == {1, 2}
+    # global magnitude over every layer (on one tensor it would repeat l1_unstructured)
+    assert [r.get("layers", ()) for r in recipes if r["method"] == "global_magnitude"] == [()]
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_resnet18_grid_matches_study(quick):
+    recipes = get_grid("resnet18_iterative", quick=quick)
+    names = set()
+    for r in recipes:
+        assert (r["method"], r["lr"]) == ("global_magnitude", 0.01)
+        suffix = f"{r['schedule']}{r['finetune_epochs']}"
+        if r["schedule"] != "oneshot":
+            suffix += f"_{r['iterations']}"
+        else:
+            assert r["iterations"] == 1
+        names.add(f"resnet18_prune_{round(100 * r['target_sparsity'])}perc_{suffix}")
+    assert names == {
+        f"resnet18_prune_{p}perc_{s}"
+        for p in (50, 75, 90)
+        for s in ("oneshot3", "oneshot5", "iterative3_3", "iterative3_5")
+    }
+    assert {r["target_sparsity"] for r in recipes} == {0.5, 0.75, 0.9}

@@ -1,0 +1,88 @@
+"""Sweeps with other objectives, CPU fractions shared by four trials, GPUs that do not exist."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import pandas as pd
+import pytest
+
+from sweeps.cli import resolve_spec
+from sweeps.resnet18_iterative import STUDY
+from sweeps.runner import run_sweep
+
+
+def args(tmp_path, *extra: str) -> list[str]:
+    return [
+        "--quick", "--baseline-epochs", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        "--cache-dir", str(tmp_path / "baselines"), "--storage-path", str(tmp_path / "ray"),
+        "--results-dir", str(tmp_path / "results"), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", ["latency_ms", "effective_flops", "size_bytes"])
+def test_objective_pairs_are_logged_on_every_child_run(tmp_path, ray_tmpdir, second):
+    objectives = f"test_accuracy:max,{second}:min"
+    spec = resolve_spec(
+        STUDY,
+        args(tmp_path, "--model", "mlp", "--num-samples", "2", "--objectives", objectives,
+             "--experiment", f"obj-{second}"),
+    )  # fmt: skip
+    outcome = run_sweep(spec, STUDY)
+    assert outcome.failed_trials == 0
+    mlflow.set_tracking_uri(outcome.tracking_uri)
+    runs = mlflow.search_runs(
+        experiment_ids=[outcome.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
+    )
+    assert len(runs) == 2
+    assert runs[f"metrics.{second}"].notna().all() and (runs[f"metrics.{second}"] > 0).all()
+    assert runs["metrics.test_accuracy"].notna().all()
+    assert (runs["params.latency_batch_size"] == "64").all()
+    assert (runs["params.latency_device"] == "cpu").all()
+    # the front was computed on that pair
+    assert second in outcome.runs.columns and outcome.runs["pareto"].any()
+    front = pd.read_csv(tmp_path / "results" / outcome.sweep_name / "pareto.csv")
+    assert len(front) == 2 and front["pareto"].any()
+
+
+@pytest.mark.slow
+def test_four_trials_share_two_cpus(tmp_path, ray_tmpdir):
+    # 0.5 CPU per trial: a local Ray with 2 or more CPUs runs all four trials at once
+    spec = resolve_spec(
+        STUDY,
+        args(tmp_path, "--num-samples", "4", "--cpus-per-trial", "0.5", "--experiment", "share"),
+    )
+    outcome = run_sweep(spec, STUDY)
+    assert outcome.failed_trials == 0
+    mlflow.set_tracking_uri(outcome.tracking_uri)
+    runs = mlflow.search_runs(
+        experiment_ids=[outcome.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
+    )
+    assert len(runs) == 4
+    assert (runs["params.cpus_assigned"].astype(float) == 0.5).all()
+    starts = runs["start_time"].to_list()
+    ends = runs["end_time"].to_list()
+    # at the latest start, every trial had started and none had finished: all four overlapped
+    latest_start = max(starts)
+    assert all(end > latest_start for end in ends)
+
+
+def test_gpu_request_without_gpus_fails_fast(tmp_path, ray_tmpdir):
+    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweeps.resnet18_iterative", *args(tmp_path), "--gpus-per-trial",
+         "0.25"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "--gpus-per-trial 0.25" in last and "0 GPUs" in last
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    assert mlflow.search_runs(search_all_experiments=True).empty
