@@ -23,6 +23,7 @@ from .cli import Study, SweepSpec, UsageError, resolve_spec
 from .pareto import pareto_table, parse_objectives
 from .tracking import (
     TrackingError,
+    TrackingTarget,
     child_runs,
     get_or_create_experiment,
     log_params,
@@ -91,22 +92,72 @@ def _check_resources(spec: SweepSpec, resources: dict[str, float]) -> None:
         )
 
 
-def _init_ray(spec: SweepSpec) -> bool:
-    """Start or join Ray (unless this process is connected already), and fail at once if a
-    trial's resources can never be met. Returns True if this call connected (and so must
-    disconnect)."""
+def _check_address_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """For ``host:port`` (not ``auto``, not ``ray://``), fail within seconds if nothing listens
+    there, instead of letting Ray retry for minutes."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--address {address!r}: write auto or HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"--address {address}: no Ray cluster answers there ({err.strerror or err}); "
+            "start one with `ray start --head` or leave --address out for a local Ray"
+        ) from None
+
+
+def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> bool:
+    """Start or join Ray (unless this process is connected already), and fail at once if the
+    sweep cannot work there: a trial's resources can never be met, or several nodes would share a
+    SQLite tracking file. Returns True if this call connected (and so must disconnect)."""
     import ray
 
+    # every trial, on any node, finds the tracking URI in its environment
+    runtime_env: dict[str, Any] = {"env_vars": {"MLFLOW_TRACKING_URI": tracking.uri}}
     if ray.is_initialized():
         connected = False
     elif spec.address:
-        ray.init(address=spec.address, logging_level="WARNING", log_to_driver=True)
+        _check_address_reachable(spec.address)
+        import prune_core
+        import search_spaces
+        import sweeps
+
+        # ship this project's code to every node, so workers need only the dependencies
+        runtime_env["py_modules"] = [prune_core, search_spaces, sweeps]
+        try:
+            ray.init(
+                address=spec.address, logging_level="WARNING", log_to_driver=True,
+                runtime_env=runtime_env,
+            )  # fmt: skip
+        except Exception as err:  # Ray raises ConnectionError, RuntimeError, auth errors, ...
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(
+                f"--address {spec.address}: cannot join the Ray cluster ({first[:200]}); with "
+                "token authentication set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+                "(`ray get-auth-token` on the head)"
+            ) from None
         connected = True
     else:
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+        ray.init(
+            include_dashboard=False, logging_level="WARNING", log_to_driver=True,
+            runtime_env=runtime_env,
+        )  # fmt: skip
         connected = True
     try:
         _check_resources(spec, ray.cluster_resources())
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if len(nodes) > 1 and tracking.is_local_file:
+            raise UsageError(
+                f"--tracking-uri {spec.tracking_uri}: a SQLite file cannot be shared by the "
+                f"{len(nodes)} nodes of this Ray cluster; start a tracking server "
+                "(python -m sweeps.server) and pass --tracking-uri http://HEAD:5000"
+            )
     except UsageError:
         if connected:
             ray.shutdown()
@@ -139,7 +190,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
     say(f"dataset {spec.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images")
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    connected = _init_ray(spec)
+    connected = _init_ray(spec, target)
     try:
         client = MlflowClient(tracking_uri=target.uri)
         experiment_id = get_or_create_experiment(client, spec.experiment, target.artifact_location)

@@ -115,7 +115,9 @@ def prune_trial(
             "seed": cfg.seed, "retrain": p.retrain, "device": device.type,
             "baseline_hash": cfg.baseline_hash(),
         }  # fmt: skip
-        assigned = ray.get_runtime_context().get_assigned_resources()
+        runtime = ray.get_runtime_context()
+        assigned = runtime.get_assigned_resources()
+        params["node_id"] = runtime.get_node_id()  # which Ray node ran the trial
         params["cpus_assigned"] = assigned.get("CPU", 0)
         params["gpus_assigned"] = assigned.get("GPU", 0)
         # options only where they mean something, so the UI's parallel coordinates stay readable
