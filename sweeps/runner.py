@@ -20,7 +20,7 @@ from prune_core.data import DatasetUnavailable, load_dataset
 from prune_core.train import pick_device
 
 from .cli import Study, SweepSpec, UsageError, resolve_spec
-from .pareto import pareto_table, parse_objectives
+from .pareto import analyse, format_analysis, parse_objectives, write_outputs
 from .tracking import (
     TrackingError,
     TrackingTarget,
@@ -50,7 +50,8 @@ class SweepOutcome:
     failed_trials: int
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # CSV name -> table
     sweep_name: str = ""
-    results_dir: str = ""  # where the CSV tables were written
+    results_dir: str = ""  # where the CSV tables, pareto.png and report.md were written
+    analysis: Any = None  # sweeps.pareto.Analysis of the finished trials
 
 
 def say(msg: str) -> None:
@@ -283,14 +284,19 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
             failed = sum(1 for r in grid if r.error is not None)
 
             runs = trial_table(child_runs(target.uri, experiment_id, parent_id), accuracies)
-            table = pareto_table(runs, objectives) if len(runs) else runs
-            tables = {"pareto.csv": table}
-            if study is not None and study.tables is not None and len(runs):
-                tables.update(study.tables(runs))
-            elif len(runs):
-                tables["results.csv"] = results_table(runs)
             out_dir = os.path.join(spec.results_dir, sweep_name)
             os.makedirs(out_dir, exist_ok=True)
+            analysis, tables = None, {}
+            if len(runs):
+                # the same analysis as `python -m sweeps.pareto`: pareto.csv, .png, report.md
+                analysis = analyse(runs, objectives, dense=accuracies)
+                title = f"{spec.experiment} / {sweep_name}"
+                for path in write_outputs(analysis, out_dir, settings=settings, title=title):
+                    client.log_artifact(parent_id, path)
+                client.log_metric(parent_id, "pareto_hypervolume", analysis.hypervolume)
+                client.log_metric(parent_id, "pareto_size", int(analysis.table["pareto"].sum()))
+                make_tables = study.tables if study and study.tables else _default_tables
+                tables = make_tables(runs)
             for name, frame in tables.items():
                 path = os.path.join(out_dir, name)
                 frame.to_csv(path, index=False)
@@ -299,8 +305,9 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
             client.log_metric(parent_id, "failed_trials", failed)
             status = "FINISHED"
             return SweepOutcome(
-                parent_id, experiment_id, target.uri, all(reused), accuracies, table, failed,
-                tables, sweep_name, out_dir,
+                parent_id, experiment_id, target.uri, all(reused), accuracies,
+                analysis.table if analysis else runs, failed, tables, sweep_name, out_dir,
+                analysis,
             )  # fmt: skip
         finally:
             client.set_terminated(parent_id, status)
@@ -350,25 +357,8 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def format_front(table: pd.DataFrame, objectives_text: str, dense: dict[str, float]) -> str:
-    """The printed summary: every trial, Pareto-optimal ones marked with '*'."""
-    objectives = parse_objectives(objectives_text)
-    cols = ["run_name", "lr"] + [o.metric for o in objectives]
-    for extra in ("test_accuracy", "sparsity", "nonzero_params"):
-        if extra not in cols:
-            cols.append(extra)
-    shown = table[[c for c in cols if c in table.columns]].copy()
-    shown.insert(0, "pareto", table["pareto"].map({True: "*", False: ""}))
-    for col in ("nonzero_params", "flops", "effective_flops", "size_bytes"):
-        if col in shown:
-            shown[col] = shown[col].astype("int64")
-    front = int(table["pareto"].sum())
-    dense_text = ", ".join(f"{m} {a:.4f}" for m, a in dense.items())
-    header = (
-        f"Pareto front over {', '.join(map(str, objectives))}: {front} of {len(table)} trials "
-        f"(dense test accuracy: {dense_text})"
-    )
-    return header + "\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+def _default_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {"results.csv": results_table(runs)}
 
 
 def main(study: Study, argv: list[str] | None = None) -> int:
@@ -387,14 +377,13 @@ def main(study: Study, argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     for name, frame in outcome.tables.items():
-        if name == "pareto.csv":
-            continue
         print(f"\n{name}\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print()
-    print(format_front(outcome.runs, spec.objectives, outcome.dense_test_accuracy))
+    print(format_analysis(outcome.analysis))
     print(
         f"\nMLflow: {outcome.tracking_uri} experiment {spec.experiment!r}, parent run "
-        f"{outcome.parent_run_id} ({', '.join(outcome.tables)} attached; also in "
+        f"{outcome.parent_run_id} (pareto.csv, pareto.png, report.md, {', '.join(outcome.tables)} "
+        f"attached; also in "
         f"{outcome.results_dir}). "
         f"UI: mlflow ui --backend-store-uri {spec.tracking_uri}"
     )

@@ -77,7 +77,9 @@ def test_two_trial_sweep_tracked_and_baseline_cached(tmp_path, ray_tmpdir):
     assert parent.data.tags["baseline_source"] == "trained"
     assert 0.0 < parent.data.metrics["dense_test_accuracy"] <= 1.0
     assert parent.data.params["num_samples"] == "2"
-    assert "pareto.csv" in [a.path for a in client.list_artifacts(parent_id)]
+    parent_artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"pareto.csv", "pareto.png", "report.md", "results.csv"} <= parent_artifacts
+    assert parent.data.metrics["pareto_size"] >= 1
     assert first.runs["pareto"].any()
     cached = os.listdir(tmp_path / "baselines")
     assert len(cached) == 1
