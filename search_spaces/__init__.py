@@ -167,17 +167,23 @@ def _ln_structured(trial: Any, allow_removal: bool, suggest_bias: bool) -> dict[
 
 @SPACES.register("resnet18_iterative")
 def resnet18_iterative(trial: Any, quick: bool = False) -> dict[str, Any]:
-    """Global magnitude pruning, one-shot (iterations = 1) or iterative (2..5 steps).
+    """Global magnitude pruning, one-shot or iterative: the study's question.
 
-    target_sparsity in [0.3, 0.95] (step 0.05), iterations 1..5 (quick: 1..3), fine-tune epochs
-    per iteration 1..5 (quick: 1..2), fine-tune learning rate log-uniform in [1e-3, 1e-1].
+    schedule oneshot or iterative (an explicit choice, so both get half the trials);
+    iterations 2..5 (quick: 2..3) only when iterative (one-shot returns the constant 1);
+    target_sparsity in [0.3, 0.95] (step 0.05); fine-tune epochs per iteration 1..5 (quick:
+    1..2); fine-tune learning rate log-uniform in [1e-3, 1e-1].
     """
     trial.suggest_float("target_sparsity", 0.3, 0.95, step=0.05)
-    iterations = trial.suggest_int("iterations", 1, 3 if quick else 5)
+    schedule = trial.suggest_categorical("schedule", ["oneshot", "iterative"])
+    constants: dict[str, Any] = {"method": "global_magnitude"}
+    if schedule == "iterative":
+        trial.suggest_int("iterations", 2, 3 if quick else 5)
+    else:
+        constants["iterations"] = 1
     trial.suggest_int("finetune_epochs", 1, 2 if quick else 5)
     trial.suggest_float("lr", 1e-3, 1e-1, log=True)
-    schedule = "oneshot" if iterations == 1 else "iterative"
-    return {"method": "global_magnitude", "schedule": schedule}
+    return constants
 
 
 @SPACES.register("unstructured")
