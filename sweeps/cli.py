@@ -184,7 +184,10 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         address=args.address,
         tracking_uri=args.tracking_uri,
         experiment=experiment,
-        storage_path=os.path.abspath(args.storage_path),
+        # keep URIs (s3://, gs://) as they are: abspath would turn s3://b/x into ./s3:/b/x
+        storage_path=(
+            args.storage_path if "://" in args.storage_path else os.path.abspath(args.storage_path)
+        ),
         seed=args.seed,
         baseline_epochs=epochs,
         baseline_lr=study.baseline_lr,

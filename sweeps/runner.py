@@ -380,12 +380,19 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         print(f"\n{name}\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print()
     print(format_analysis(outcome.analysis))
+    if outcome.tracking_uri.startswith(("http://", "https://")):
+        ui = (
+            f"{outcome.tracking_uri}/#/experiments/{outcome.experiment_id}/runs"
+            "?workflowType=machine_learning"
+        )
+    else:
+        ui = f"mlflow ui --backend-store-uri {spec.tracking_uri}"
     print(
         f"\nMLflow: {outcome.tracking_uri} experiment {spec.experiment!r}, parent run "
         f"{outcome.parent_run_id} (pareto.csv, pareto.png, report.md, {', '.join(outcome.tables)} "
         f"attached; also in "
         f"{outcome.results_dir}). "
-        f"UI: mlflow ui --backend-store-uri {spec.tracking_uri}"
+        f"UI: {ui}"
     )
     if outcome.failed_trials:
         print(f"warning: {outcome.failed_trials} trial(s) failed", file=sys.stderr)

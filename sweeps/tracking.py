@@ -70,10 +70,23 @@ def resolve_tracking_uri(uri: str, timeout_s: float = 5.0) -> TrackingTarget:
             ) from None
         return TrackingTarget(f"sqlite:///{db}", (folder / "artifacts").as_uri())
     if scheme in ("http", "https"):
-        health = uri.rstrip("/") + "/health"
+        # /health is exempt from MLflow's Host-header check and an API call is not: a server that
+        # refuses this host name (403) is caught here instead of failing every trial
+        probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
         try:
-            with urllib.request.urlopen(health, timeout=timeout_s) as resp:
+            with urllib.request.urlopen(probe, timeout=timeout_s) as resp:
                 resp.read(64)
+        except urllib.error.HTTPError as err:
+            if err.code == 403:
+                host = urllib.parse.urlparse(uri).netloc
+                raise TrackingError(
+                    f"--tracking-uri {uri!r}: the server refuses requests for {host} (HTTP 403); "
+                    f"start it with --allowed-hosts '{host}' (python -m sweeps.server adds "
+                    "this machine's names when it listens on 0.0.0.0)"
+                ) from None
+            raise TrackingError(
+                f"--tracking-uri {uri!r} answered HTTP {err.code}; is it an MLflow server?"
+            ) from None
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise TrackingError(
