@@ -175,9 +175,11 @@ def _one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def _sweep_args(tmp_path: Path, tracking_uri: str, address: str, samples: int = 4) -> list[str]:
+def _sweep_args(
+    tmp_path: Path, tracking_uri: str, address: str, samples: int = 4, model: str = "mlp"
+) -> list[str]:
     return [
-        "--quick", "--model", "mlp", "--baseline-epochs", "1", "--num-samples", str(samples),
+        "--quick", "--model", model, "--baseline-epochs", "1", "--num-samples", str(samples),
         "--cpus-per-trial", "1", "--tracking-uri", tracking_uri, "--address", address,
         "--experiment", "cluster", "--cache-dir", str(tmp_path / "baselines"),
         "--storage-path", str(tmp_path / "ray_results"), "--results-dir", str(tmp_path / "results"),
@@ -207,10 +209,11 @@ def mlflow_server(tmp_path_factory) -> Iterator:
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator:
     """A two-node cluster on this machine (``ray.cluster_utils.Cluster``) in a private short
-    RAY_TMPDIR: a head without CPUs, where the driver runs, and a worker node with 2 CPUs, so
-    every trial runs on another node than the driver's. (With a CPU on each node, which node
-    gets the trials depends on timing: Tune reuses a finished trial's actor for the next trial
-    rather than wait for an actor on the other node, so tiny trials may all land on one node.)
+    RAY_TMPDIR: a head without CPUs, where the driver runs, and two worker nodes with 1 CPU each,
+    so trials run on other nodes than the driver's, one at a time per node. (Tune reuses a
+    finished trial's actor for the next trial rather than wait for an actor on another node, so
+    trials shorter than an actor's start-up could all land on one node: the test that checks the
+    spread uses trials of several seconds.)
     Its processes (gcs, raylets, agents and the raylets' workers) are listed before shutdown and
     must all be gone after it."""
     import ray
@@ -222,7 +225,8 @@ def ray_cluster() -> Iterator:
     cluster = None
     try:
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-        cluster.add_node(num_cpus=2)
+        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         yield cluster
     finally:
@@ -434,9 +438,10 @@ def test_two_node_sweep_logs_every_trial_to_the_tracking_server(
     from mlflow.tracking import MlflowClient
 
     head = ray_cluster.head_node.node_id
-    (worker,) = [node.node_id for node in ray_cluster.worker_nodes]
-    assert head != worker
-    args = _sweep_args(tmp_path, mlflow_server.uri, ray_cluster.address)
+    workers = {node.node_id for node in ray_cluster.worker_nodes}
+    assert len(workers) == 2 and head not in workers
+    # ResNet-18 trials take several seconds, longer than an actor's start, so both nodes get some
+    args = _sweep_args(tmp_path, mlflow_server.uri, ray_cluster.address, model="resnet18")
     outcome = run_sweep(resolve_spec(STUDY, args), STUDY)
     assert outcome.failed_trials == 0
     assert outcome.tracking_uri == mlflow_server.uri
@@ -449,9 +454,9 @@ def test_two_node_sweep_logs_every_trial_to_the_tracking_server(
         [outcome.experiment_id], f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'"
     )
     assert len(children) == 4
-    # every trial ran on the worker node, not where the driver runs (trial.py logs the node id):
-    # code, dense baseline and data reached it through Ray, its runs through the server
-    assert {run.data.params["node_id"] for run in children} == {worker}
+    # trials ran on both worker nodes, not where the driver runs (trial.py logs the node id):
+    # code, dense baseline and data reached them through Ray, their runs through the server
+    assert {run.data.params["node_id"] for run in children} == workers
     artifact_root = Path(mlflow_server.artifacts_destination)
     for run in children:
         assert run.info.status == "FINISHED"
@@ -480,7 +485,7 @@ def test_sqlite_on_several_nodes_stops_before_any_trial(tmp_path, ray_cluster, c
     status = main(STUDY, _sweep_args(tmp_path, f"sqlite:///{db}", ray_cluster.address))
     assert status == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert "SQLite" in line and "2 nodes" in line  # why
+    assert "SQLite" in line and "3 nodes" in line  # why: head + two workers
     assert "python -m sweeps.server" in line and "--tracking-uri http://" in line  # what instead
     assert not db.exists()  # no experiment, no run
     assert not any((tmp_path / "baselines").glob("*"))  # no dense training either

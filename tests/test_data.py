@@ -10,6 +10,7 @@ import inspect
 import pickle
 import socket
 import struct
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +271,9 @@ def offline(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(var, proxy)
     for var in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
+    # urlopen caches one opener, with the proxies of its first call, for the whole process: drop
+    # it so that the proxy above is read (another test may have called urlopen already)
+    monkeypatch.setattr(urllib.request, "_opener", None)
     yield
     sock.close()
 
