@@ -13,12 +13,13 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
 from .baseline import load_or_train_baseline
 from .checkpoint import save_state
+from .cliutils import OneLineArgumentParser
 from .config import (
     RETRAIN_MODES,
     DataConfig,
@@ -35,17 +36,9 @@ from .schedules import SCHEDULES
 from .train import pick_device
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports errors in one line (no usage dump) and exits with status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of one recipe."""
-    p = _OneLineParser(prog="python -m prune_core", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m prune_core", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="digits", help=", ".join(DATASETS.names()))
     p.add_argument("--data-root", default="data", help="folder of torchvision datasets")
     p.add_argument("--no-download", action="store_true", help="never download datasets")

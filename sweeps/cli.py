@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
+from prune_core.cliutils import OneLineArgumentParser
 from prune_core.data import DATASETS
 from prune_core.models import MODELS
 from search_spaces import SPACES
@@ -70,17 +70,9 @@ class SweepSpec:
     download: bool = True
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports errors in one line (no usage dump) and exits with status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser(study: Study) -> argparse.ArgumentParser:
     """The flags every sweep shares."""
-    p = _OneLineParser(prog=f"python -m sweeps.{study.name}", description=study.description)
+    p = OneLineArgumentParser(prog=f"python -m sweeps.{study.name}", description=study.description)
     p.add_argument("--quick", action="store_true", help="digits, small budgets: minutes on a CPU")
     p.add_argument("--grid", action="store_true", help="run the study's exact protocol (no search)")
     p.add_argument(
