@@ -149,6 +149,30 @@ def rewind_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                     setattr(module, name, hook.apply_mask(module))
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, data: TensorData, batch_size: int) -> None:
+    """Re-estimate every batch norm's running mean and variance over one pass of the training set.
+
+    Removing channels changes what reaches each batch norm (a removed channel's constant output
+    no longer adds in), so the statistics the dense model gathered no longer fit; without this the
+    shrunk model evaluates far below what it trains to.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    model.train()
+    for x, _ in data.batches("train", batch_size):
+        model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 def step_metrics(
     model: nn.Module, data: TensorData, targets: list[PruneTarget], prunable_total: int
 ) -> dict[str, float]:
@@ -222,6 +246,7 @@ def run_pruning(
             # the smaller model is fine-tuned as a dense one from here on
             make_permanent(model)
             model = remove_pruned_channels(model, example)
+            recalibrate_batch_norm(model, data, cfg.data.batch_size)
             targets = select_targets(model, cfg)
         label = f"retrain step {step}/{len(schedule)}"
         if p.retrain == "finetune":

@@ -20,6 +20,7 @@ from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, PruneCo
 from prune_core.data import load_dataset
 from prune_core.experiment import (
     model_for,
+    recalibrate_batch_norm,
     rewind_weights,
     run_pruning,
     seed_everything,
@@ -507,3 +508,27 @@ def test_train_dense_snapshots_at_initialisation(digits):
     assert sorted(snapshots) == [0]
     assert_same_state(snapshots[0], init_state(cfg, digits))
     assert not torch.equal(snapshots[0]["1.weight"], cpu_state_dict(model)["1.weight"])
+
+
+# ------------------------------------------------------------------------------------------------
+# batch norm statistics after channel removal
+
+
+def test_recalibrate_batch_norm_sets_the_training_set_statistics(synthetic):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Flatten())
+    bn = model[1]
+    bn.running_mean.fill_(5.0)  # stale statistics, as after removing channels upstream
+    bn.running_var.fill_(9.0)
+    model.eval()
+    recalibrate_batch_norm(model, synthetic, batch_size=50)
+    with torch.no_grad():  # what the batch norm sees over the whole training split
+        seen = torch.cat([model[0](x) for x, _ in synthetic.batches("train", 50)])
+    # a cumulative average over the pass: the mean of the per-batch means and unbiased variances
+    # (256 images: five batches of 50 and a tail of 6)
+    chunks = [c.transpose(0, 1).reshape(3, -1) for c in seen.split([50] * 5 + [6])]
+    means = torch.stack([c.mean(1) for c in chunks]).mean(0)
+    variances = torch.stack([c.var(1) for c in chunks]).mean(0)
+    assert torch.allclose(bn.running_mean, means, atol=1e-5)
+    assert torch.allclose(bn.running_var, variances, atol=1e-4)
+    assert bn.momentum == 0.1 and not model.training  # settings put back
