@@ -225,10 +225,11 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
             client.log_metric(parent_id, "dense_test_accuracy", accuracies[spec.models[0]])
             del device_data
 
+            base = base_config(spec, spec.models[0])  # data and training are the same per model
             context = {
-                "data": dataclasses.asdict(base_config(spec, spec.models[0]).data),
+                "data": dataclasses.asdict(base.data),
                 "model": {"name": spec.models[0]},
-                "train": dataclasses.asdict(base_config(spec, spec.models[0]).train),
+                "train": dataclasses.asdict(base.train),
                 "seed": spec.seed,
                 "cpus_per_trial": spec.cpus_per_trial,
                 "gpus_per_trial": spec.gpus_per_trial,

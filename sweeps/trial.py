@@ -57,15 +57,11 @@ def recipe_run_name(model: str, recipe: dict[str, Any]) -> str:
 def experiment_config(context: dict[str, Any], recipe: dict[str, Any]) -> ExperimentConfig:
     """The prune_core config of one trial: the sweep's data/model/training plus the recipe."""
     prune = {k: recipe[k] for k in PRUNE_FIELDS if k in recipe}
-    if "layers" in prune:
-        prune["layers"] = tuple(prune["layers"])
     model = {"name": recipe.get("model", context["model"]["name"])}
     return ExperimentConfig(
         data=DataConfig(**context["data"]),
         model=ModelConfig(**model),
-        train=TrainConfig(
-            **{**context["train"], "rewind_epochs": tuple(context["train"]["rewind_epochs"])}
-        ),
+        train=TrainConfig(**context["train"]),  # the configs turn lists back into tuples
         prune=PruneConfig(**prune),
         seed=int(context["seed"]),
     )

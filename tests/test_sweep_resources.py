@@ -9,6 +9,7 @@ import sys
 import mlflow
 import pandas as pd
 import pytest
+import ray
 
 from sweeps.cli import resolve_spec
 from sweeps.resnet18_iterative import STUDY
@@ -23,6 +24,15 @@ def args(tmp_path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def child_runs_of(outcome) -> pd.DataFrame:
+    """The sweep's child runs, read back through ``mlflow.search_runs``."""
+    mlflow.set_tracking_uri(outcome.tracking_uri)
+    return mlflow.search_runs(
+        experiment_ids=[outcome.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("second", ["latency_ms", "effective_flops", "size_bytes"])
 def test_objective_pairs_are_logged_on_every_child_run(tmp_path, ray_tmpdir, second):
@@ -34,11 +44,7 @@ def test_objective_pairs_are_logged_on_every_child_run(tmp_path, ray_tmpdir, sec
     )  # fmt: skip
     outcome = run_sweep(spec, STUDY)
     assert outcome.failed_trials == 0
-    mlflow.set_tracking_uri(outcome.tracking_uri)
-    runs = mlflow.search_runs(
-        experiment_ids=[outcome.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
-    )
+    runs = child_runs_of(outcome)
     assert len(runs) == 2
     assert runs[f"metrics.{second}"].notna().all() and (runs[f"metrics.{second}"] > 0).all()
     assert runs["metrics.test_accuracy"].notna().all()
@@ -50,27 +56,41 @@ def test_objective_pairs_are_logged_on_every_child_run(tmp_path, ray_tmpdir, sec
     assert len(front) == 2 and front["pareto"].any()
 
 
+def most_at_once(starts: list, ends: list) -> int:
+    """The largest number of [start, end) intervals that overlap at one moment."""
+    # at equal times an end (-1) sorts before a start (+1): touching intervals do not overlap
+    events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends], key=lambda e: (e[0], e[1]))
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_most_at_once_counts_overlaps():
+    assert most_at_once([0, 1, 2, 3], [10, 10, 10, 10]) == 4
+    assert most_at_once([0, 5, 10], [5, 10, 15]) == 1  # back to back, never together
+    assert most_at_once([0, 1, 4, 6], [5, 3, 7, 8]) == 2
+
+
 @pytest.mark.slow
 def test_four_trials_share_two_cpus(tmp_path, ray_tmpdir):
-    # 0.5 CPU per trial: a local Ray with 2 or more CPUs runs all four trials at once
+    # a Ray with exactly 2 CPUs, on any machine: trials of 1 CPU could never run more than two
+    # at a time, so three or more at once shows the 0.5-CPU shares were used
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     spec = resolve_spec(
         STUDY,
         args(tmp_path, "--num-samples", "4", "--cpus-per-trial", "0.5", "--experiment", "share"),
     )
     outcome = run_sweep(spec, STUDY)
     assert outcome.failed_trials == 0
-    mlflow.set_tracking_uri(outcome.tracking_uri)
-    runs = mlflow.search_runs(
-        experiment_ids=[outcome.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
-    )
+    runs = child_runs_of(outcome)
     assert len(runs) == 4
     assert (runs["params.cpus_assigned"].astype(float) == 0.5).all()
-    starts = runs["start_time"].to_list()
-    ends = runs["end_time"].to_list()
-    # at the latest start, every trial had started and none had finished: all four overlapped
-    latest_start = max(starts)
-    assert all(end > latest_start for end in ends)
+    # the trial processes start one after another (seconds apart on two busy cores), so the
+    # shortest recipe may end before the last one starts: three at once is the robust proof
+    starts, ends = runs["start_time"].to_list(), runs["end_time"].to_list()
+    assert most_at_once(starts, ends) >= 3, list(zip(starts, ends, strict=True))
 
 
 def test_gpu_request_without_gpus_fails_fast(tmp_path, ray_tmpdir):
