@@ -68,6 +68,7 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its report; returns the exit status (1 on a failed --check)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 9)")

@@ -18,6 +18,9 @@ STUDY = Study(
     models=("resnet18",),
     dataset="cifar10",
     space="resnet18_iterative",
+    # 5 epochs leave the dense model on digits at 0.89 test accuracy, and every pruned trial's
+    # extra fine-tuning then "beats" it; 10 reach 0.97 (about 25 s more on 2 CPU cores)
+    quick_baseline_epochs=10,
     description=(
         "Sweep global magnitude pruning recipes (target sparsity, one-shot or iterative, "
         "fine-tune epochs, learning rate) on ResNet-18 with Ray Tune + Optuna, tracked in MLflow."

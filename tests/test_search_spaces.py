@@ -91,7 +91,7 @@ def check_common(recipe: dict, quick: bool) -> None:
 
 
 def check_resnet18_iterative(params, constants, recipe, quick):
-    assert on_grid(recipe["target_sparsity"], 0.3, 0.95, 0.05)
+    assert on_grid(recipe["target_sparsity"], 0.3, 0.99, 0.01)
     assert 1 <= recipe["finetune_epochs"] <= (2 if quick else 5)
     assert 1e-3 <= recipe["lr"] <= 1e-1
     # iterations is suggested only for the iterative schedule; one-shot is the constant 1
