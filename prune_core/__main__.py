@@ -81,6 +81,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     sparsity = args.sparsity
     if sparsity is None:
         sparsity = 1 - n / m if args.method == "nm" else 0.5
+    elif not 0 <= sparsity < 1:
+        raise ValueError(f"--sparsity {sparsity:g}: must be a fraction 0 <= s < 1")
     if args.iterations < 1:
         raise ValueError(f"--iterations {args.iterations}: must be an integer >= 1")
     schedule = args.schedule or ("oneshot" if args.iterations == 1 else "iterative")

@@ -131,7 +131,7 @@ def test_json_file_and_saved_state_dict(stdout_run, file_run):
 @pytest.mark.parametrize(
     "args, needles",
     [
-        (["--sparsity", "1.2"], ["1.2", "0 <= s < 1"]),
+        (["--sparsity", "1.2"], ["--sparsity 1.2", "0 <= s < 1"]),
         (["--method", "nope"], ["'nope'", "l1_unstructured", "global_magnitude"]),
         (["--iterations", "0"], ["--iterations 0", ">= 1"]),
         (["--nm", "5:4", "--method", "nm"], ["5:4", "1 <= N < M"]),
