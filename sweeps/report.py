@@ -331,8 +331,16 @@ def _settings_table(settings: Mapping[str, Any]) -> str:
     nested = bool(settings) and all(isinstance(v, Mapping) for v in settings.values())
     per_sweep = dict(settings) if nested else {"value": settings}
     params = sorted({p for s in per_sweep.values() for p in s})
+
+    def text(value: Any) -> Any:
+        # a setting's True/False spelled out (format_value marks a true flag with "*", which
+        # reads as a footnote here); an unset one (None) left blank
+        if isinstance(value, (bool, np.bool_)):
+            return str(bool(value))
+        return "" if value is None else value
+
     frame = pd.DataFrame(
-        [{"param": p, **{s: per_sweep[s].get(p, "") for s in per_sweep}} for p in params]
+        [{"param": p, **{s: text(per_sweep[s].get(p, "")) for s in per_sweep}} for p in params]
     )
     return _md_table(frame, ["param", *per_sweep]) if params else "(none recorded)"
 

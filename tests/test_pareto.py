@@ -304,7 +304,8 @@ def test_write_outputs_without_mlflow(tmp_path):
     # the runner's path: a runs frame in memory, three objectives, no method column, no dense
     runs = runs_frame().drop(columns=["method", "dense_test_accuracy"])
     analysis = analyse(runs, "test_accuracy:max,nonzero_params:min,latency_ms:min")
-    paths = write_outputs(analysis, str(tmp_path / "new"), settings={"seed": 3}, title="unit")
+    settings = {"seed": 3, "quick": True, "grid": False, "address": None}  # as the runner has them
+    paths = write_outputs(analysis, str(tmp_path / "new"), settings=settings, title="unit")
     assert [os.path.basename(p) for p in paths] == ["pareto.csv", "pareto.png", "report.md"]
     csv = pd.read_csv(paths[0], keep_default_na=False)
     assert len(csv) == len(runs) and csv["pareto"].sum() == len(analysis.front)
@@ -313,3 +314,5 @@ def test_write_outputs_without_mlflow(tmp_path):
     assert report.startswith("# Pareto analysis: unit")
     assert f"**Hypervolume** {analysis.hypervolume:.6g}" in report
     assert "| seed | 3 |" in report and "## Dense baseline" not in report
+    assert "| quick | True |" in report and "| grid | False |" in report  # flags spelled out
+    assert "| address |  |" in report  # unset: blank, not "None"
