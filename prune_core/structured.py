@@ -4,7 +4,8 @@ Two mask methods are registered in ``PRUNING_METHODS`` (they follow the contract
 ``prune_core.pruning``: keep-masks for a cumulative sparsity, already-pruned entries stay pruned):
 
 - ``ln_structured``: whole output filters/neurons (dim 0) ranked by their Ln norm.
-- ``nm``: N:M sparsity, N kept weights in every group of M consecutive weights along dim 1.
+- ``nm``: N:M sparsity, N kept weights in every group of M consecutive weights along the input
+  dimension (for a conv: the input channels at each kernel position, as 2:4 kernels need).
 
 Masks only zero weights; the tensors keep their shapes. ``remove_pruned_channels`` then removes
 the zeroed output channels physically with Torch-Pruning's DependencyGraph, so the model really
@@ -218,19 +219,40 @@ def _validate_nm(n: Any, m: Any) -> None:
         raise ValueError(f"n={n!r} is invalid; allowed: an integer with 1 <= n < m (m={m})")
 
 
-def nm_keep_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Keep the ``n`` highest scores in every group of ``m`` consecutive entries along dim 1 of
-    ``scores.reshape(out, -1)`` (a 1-D tensor is one row per element).
+def _nm_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """``tensor`` as 2-D rows whose consecutive entries form the N:M groups, and a function that
+    puts a tensor of those rows back into ``tensor``'s shape.
 
-    A row whose length is not a multiple of ``m`` ends in a tail group of ``r < m`` entries, which
-    is treated as padded with missing entries that are pruned first: it keeps ``min(n, r)``. So
-    every group, tail included, has at most ``n`` kept entries, as a 2:4 kernel would need after
-    zero-padding the row. Ties are broken by position (the earlier entry is kept).
+    The layout is the one 2:4 sparse kernels read (``torch.sparse.to_sparse_semi_structured``,
+    NVIDIA ASP): a linear weight (out x in) is its own rows; a conv weight (out x C x kh x kw) is
+    viewed as out x kh x kw x C (``w.permute(0, 2, 3, 1)``), one row of C input channels per
+    output channel and kernel position. A 1-D tensor (a bias) is one row per element.
     """
-    _validate_nm(n, m)
-    out = scores.shape[0] if scores.dim() >= 1 else 1
-    rows = scores.reshape(out, -1).float()
-    length = rows.shape[1]
+    if tensor.dim() >= 3:
+        # move the input-channel dim (1) last: rows are (out, kernel position), columns channels
+        order = (0, *range(2, tensor.dim()), 1)
+        permuted = tensor.permute(order)
+        inverse = [order.index(d) for d in range(tensor.dim())]
+
+        def restore(rows: torch.Tensor) -> torch.Tensor:
+            return rows.reshape(permuted.shape).permute(inverse).contiguous()
+
+        return permuted.reshape(-1, tensor.shape[1]), restore
+    shape = tensor.shape
+
+    def restore_flat(rows: torch.Tensor) -> torch.Tensor:
+        return rows.reshape(shape)
+
+    if tensor.dim() == 2:
+        return tensor, restore_flat
+    return tensor.reshape(-1, 1), restore_flat
+
+
+def _nm_row_keep(rows: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` highest of every ``m`` consecutive entries of each row (2-D ``rows``); a
+    tail group of ``r < m`` entries keeps ``min(n, r)``. Ties keep the earlier entry."""
+    out, length = rows.shape
+    rows = rows.float()
     groups = math.ceil(length / m)
     pad = groups * m - length
     if pad:  # missing entries score -inf, below every real (or already-pruned, -1) entry
@@ -239,7 +261,61 @@ def nm_keep_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     order = torch.argsort(padded, dim=-1, descending=True, stable=True)
     keep = torch.zeros_like(padded, dtype=torch.bool)
     keep.scatter_(-1, order[..., :n], True)
-    return keep.view(out, groups * m)[:, :length].reshape(scores.shape)
+    return keep.view(out, groups * m)[:, :length]
+
+
+def nm_keep_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` highest scores in every group of ``m`` consecutive entries of the N:M layout
+    (see ``_nm_rows``): along the input dimension of a linear weight, and along the input
+    channels at each kernel position of a conv weight (out x kh x kw x C); a 1-D tensor is one
+    row per element (so nothing in it is pruned).
+
+    A row whose length is not a multiple of ``m`` (a conv with C input channels, C not a multiple
+    of ``m``) ends in a tail group of ``r < m`` entries, which is treated as padded with missing
+    entries that are pruned first: it keeps ``min(n, r)``. So every group, tail included, has at
+    most ``n`` kept entries, as a 2:4 kernel needs after zero-padding C to a multiple of 4. Ties
+    are broken by position (the earlier entry is kept).
+    """
+    _validate_nm(n, m)
+    rows, restore = _nm_rows(scores)
+    return restore(_nm_row_keep(rows, n, m))
+
+
+def _nm_group_counts(weight: torch.Tensor, n: int, m: int) -> tuple[int, int]:
+    """(groups with at most ``n`` non-zeros, all groups) of ``weight`` in the N:M layout, each
+    row zero-padded to a multiple of ``m``."""
+    _validate_nm(n, m)
+    rows, _ = _nm_rows(weight.detach() != 0)
+    out, length = rows.shape
+    if not rows.numel():
+        return 0, 0
+    pad = (-length) % m
+    nonzero = torch.nn.functional.pad(rows.to(torch.int32), (0, pad))  # padding counts as zero
+    per_group = nonzero.view(out, -1, m).sum(-1)
+    return int((per_group <= n).sum()), per_group.numel()
+
+
+def nm_layout_fraction(weight: torch.Tensor, n: int, m: int) -> float:
+    """Fraction of ``weight``'s N:M groups (the kernel layout of ``nm_keep_mask``: input channels
+    at each kernel position for a conv) holding at most ``n`` non-zeros; 1.0 for an empty tensor.
+
+    With n=2, m=4 this is the fraction of groups that a 2:4 sparse kernel can store exactly.
+    """
+    ok, total = _nm_group_counts(weight, n, m)
+    return ok / total if total else 1.0
+
+
+def nm_accelerable_fraction(model: nn.Module, n: int = 2, m: int = 4) -> float:
+    """Fraction of all N:M groups of ``model``'s nn.Conv2d/nn.Linear weights (masked weights for a
+    model still under pruning masks) with at most ``n`` non-zeros, counted over every group of
+    every layer together; 1.0 for a model without such layers. 2:4 by default: the pattern that
+    sparse tensor cores accelerate."""
+    ok = total = 0
+    for module in model.modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            good, groups = _nm_group_counts(module.weight, n, m)
+            ok, total = ok + good, total + groups
+    return ok / total if total else 1.0
 
 
 @PRUNING_METHODS.register("nm")
@@ -250,15 +326,18 @@ def nm_masks(
     n: int = 2,
     m: int = 4,
 ) -> list[torch.Tensor]:
-    """N:M sparsity: in every group of ``m`` consecutive weights along the input dimension (dim 1
-    of the tensor viewed as ``(out, -1)``; for a conv that is in_channels x kh x kw, in memory
-    order), keep the ``n`` largest |w| and prune the rest.
+    """N:M sparsity: in every group of ``m`` consecutive weights along the input dimension, keep
+    the ``n`` largest |w| and prune the rest. For a linear weight the groups run along each row;
+    for a conv they run along the input channels at each kernel position (the weight viewed as
+    out x kh x kw x C), the layout that 2:4 sparse kernels (``to_sparse_semi_structured``,
+    NVIDIA ASP) accept.
 
     The pattern fixes the sparsity at ``1 - n/m``; ``sparsity`` does not change the masks and
     must equal ``1 - n/m`` (within 1e-6), so a run is never labelled with a sparsity it does not
-    have (e.g. 0.5 for 2:4, 0.75 for 1:4). Rows that are not a multiple of ``m`` keep ``min(n, r)``
-    of their tail group of ``r`` weights (see ``nm_keep_mask``), so the achieved sparsity can be a
-    little below ``1 - n/m``; 1-D tensors (biases) are rows of one weight and are never pruned.
+    have (e.g. 0.5 for 2:4, 0.75 for 1:4). Rows that are not a multiple of ``m`` (a conv whose
+    input channels are not) keep ``min(n, r)`` of their tail group of ``r`` weights (see
+    ``nm_keep_mask``), so the achieved sparsity can be a little below ``1 - n/m``; 1-D tensors
+    (biases) are rows of one weight and are never pruned.
 
     Already-pruned weights score -1 and the new mask is ANDed with the current one, so applying a
     sparser pattern later (2:4, then 1:4 at sparsity 0.75) keeps every earlier zero.

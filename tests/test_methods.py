@@ -98,10 +98,12 @@ def check_counts(method: str, targets, sparsity: float, options: dict) -> None:
     elif method == "nm":
         n, m = options["n"], options["m"]
         for t in targets:
-            rows = t.mask().bool().reshape(t.mask().shape[0], -1)
-            if t.tensor().dim() == 1:  # rows of one weight: biases are never pruned
-                assert rows.all()
+            keep = t.mask().bool()
+            if keep.dim() == 1:  # rows of one weight: biases are never pruned
+                assert keep.all()
                 continue
+            # groups run along the input channels at each kernel position (out x kh x kw x C)
+            rows = keep.permute(0, 2, 3, 1).reshape(-1, keep.shape[1]) if keep.dim() == 4 else keep
             length = rows.shape[1]
             for start in range(0, length, m):
                 group = rows[:, start : start + m]
@@ -293,12 +295,28 @@ def test_nm_keeps_the_two_largest_of_four():
 
 
 def test_nm_tail_group_keeps_min_n_r():
-    """Rows of 9 (a 1x3x3 conv filter) with 2:4: groups of 4, 4 and a tail of 1, kept whole;
-    rows of 7 with 2:4: tail of 3 keeps its 2 largest."""
-    nine = nm_keep_mask(torch.arange(1.0, 10.0).view(1, 1, 3, 3), 2, 4).flatten()
-    assert nine.tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 1]
+    """A linear row of 9 with 2:4: groups of 4, 4 and a tail of 1, kept whole; a row of 7 with
+    2:4: the tail of 3 keeps its 2 largest."""
+    nine = nm_keep_mask(torch.arange(1.0, 10.0).view(1, 9), 2, 4)
+    assert nine.tolist() == [[0, 0, 1, 1, 0, 0, 1, 1, 1]]
     seven = nm_keep_mask(torch.tensor([[4.0, 3, 2, 1, 1, 3, 2]]), 2, 4)
     assert seven.tolist() == [[1, 1, 0, 0, 0, 1, 1]]
+
+
+def test_nm_conv_groups_run_along_input_channels():
+    """A 1 x 6 x 1 x 2 conv weight with 2:4: at each of the 2 kernel positions the 6 input
+    channels form a group of 4 and a tail of 2 (kept whole), not the flattened row of 12.
+
+    Scores w[0, c, 0, k] = 10 * c + k at position k = 0 are 0, 10, 20, 30 | 40, 50 -> keep
+    channels 2, 3 | 4, 5; at k = 1 the scores are reversed (60 - ...), so keep 0, 1 | 4, 5."""
+    channels = torch.arange(6.0).view(1, 6, 1, 1)
+    scores = torch.cat([10 * channels, 60 - 10 * channels], dim=3)  # (1, 6, 1, 2)
+    keep = nm_keep_mask(scores, 2, 4)
+    assert keep.shape == scores.shape
+    assert keep[0, :, 0, 0].tolist() == [False, False, True, True, True, True]
+    assert keep[0, :, 0, 1].tolist() == [True, True, False, False, True, True]
+    # a 1 x 1 x 3 x 3 conv has one input channel: every group is a tail of 1, nothing is pruned
+    assert nm_keep_mask(torch.arange(1.0, 10.0).view(1, 1, 3, 3), 2, 4).all()
 
 
 def test_nm_ties_keep_the_earlier_entry():
