@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import time
 from typing import Any
@@ -19,7 +21,12 @@ import torch
 
 from .baseline import load_or_train_baseline
 from .checkpoint import save_state
-from .cliutils import OneLineArgumentParser
+from .cliutils import (
+    OneLineArgumentParser,
+    check_seed,
+    check_writable_dir,
+    check_writable_file,
+)
 from .config import (
     RETRAIN_MODES,
     DataConfig,
@@ -93,25 +100,46 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
             f"--rewind-epoch {args.rewind_epoch}: must be below --baseline-epochs "
             f"{args.baseline_epochs}"
         )
-    return ExperimentConfig(
-        data=DataConfig(
-            dataset=args.dataset, root=args.data_root, download=not args.no_download,
-            batch_size=args.batch_size,
-        ),
-        model=ModelConfig(name=args.model),
-        train=TrainConfig(
-            epochs=args.baseline_epochs, lr=args.baseline_lr, rewind_epochs=rewind_epochs
-        ),
-        prune=PruneConfig(
-            method=args.method, target_sparsity=sparsity, schedule=schedule,
-            iterations=args.iterations, finetune_epochs=args.finetune_epochs, lr=args.lr,
-            include_bias=args.include_bias, exclude_first=args.exclude_first,
-            exclude_last=args.exclude_last, layers=tuple(args.layers), retrain=args.retrain,
-            rewind_epoch=args.rewind_epoch, norm=args.norm, scope=args.scope, nm_n=n, nm_m=m,
-            remove_channels=args.remove_channels,
-        ),
-        seed=args.seed,
-    )  # fmt: skip
+    if args.rewind_epoch < 0:
+        raise ValueError(f"--rewind-epoch {args.rewind_epoch}: must be an integer >= 0")
+    check_seed("--seed", args.seed)
+    try:
+        return ExperimentConfig(
+            data=DataConfig(
+                dataset=args.dataset, root=args.data_root, download=not args.no_download,
+                batch_size=args.batch_size,
+            ),
+            model=ModelConfig(name=args.model),
+            train=TrainConfig(
+                epochs=args.baseline_epochs, lr=args.baseline_lr, rewind_epochs=rewind_epochs
+            ),
+            prune=PruneConfig(
+                method=args.method, target_sparsity=sparsity, schedule=schedule,
+                iterations=args.iterations, finetune_epochs=args.finetune_epochs, lr=args.lr,
+                include_bias=args.include_bias, exclude_first=args.exclude_first,
+                exclude_last=args.exclude_last, layers=tuple(args.layers), retrain=args.retrain,
+                rewind_epoch=args.rewind_epoch, norm=args.norm, scope=args.scope, nm_n=n, nm_m=m,
+                remove_channels=args.remove_channels,
+            ),
+            seed=args.seed,
+        )  # fmt: skip
+    except ValueError as err:  # the configs name their fields (prune.lr=0 ...): name the flags
+        raise ValueError(_FIELD.sub(lambda f: CONFIG_FLAGS[f[1]] + " ", str(err))) from None
+
+
+# the flag behind each config field, for the errors of the configs' own checks
+CONFIG_FLAGS = {
+    "data.batch_size": "--batch-size", "train.epochs": "--baseline-epochs",
+    "train.lr": "--baseline-lr", "train.rewind_epochs": "--rewind-epoch",
+    "prune.method": "--method", "prune.target_sparsity": "--sparsity",
+    "prune.schedule": "--schedule", "prune.iterations": "--iterations",
+    "prune.finetune_epochs": "--finetune-epochs", "prune.lr": "--lr", "prune.layers": "--layers",
+    "prune.retrain": "--retrain", "prune.rewind_epoch": "--rewind-epoch", "prune.norm": "--norm",
+    "prune.scope": "--scope", "prune.nm_n": "--nm", "prune.nm_m": "--nm",
+    "prune.include_bias": "--include-bias", "prune.remove_channels": "--remove-channels",
+}  # fmt: skip
+# a field as the configs write it: ``prune.lr=0.0 is invalid``, ``and train.epochs=1``
+_FIELD = re.compile(r"\b(" + "|".join(re.escape(f) for f in CONFIG_FLAGS) + r")=")
 
 
 def _check_names(args: argparse.Namespace) -> None:
@@ -122,6 +150,39 @@ def _check_names(args: argparse.Namespace) -> None:
     ):
         if value not in registry:
             raise ValueError(f"{flag} {value!r} is unknown; choose from: {', '.join(registry)}")
+
+
+def available_devices() -> list[str]:
+    """The ``--device`` values this machine has: cpu, cuda and cuda:N per GPU, mps."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def _check_device(name: str | None) -> None:
+    """Raise ``ValueError`` (one line) unless ``--device`` names a device that exists here."""
+    if name is None:
+        return
+    devices = available_devices()
+    try:
+        known = str(torch.device(name)) in devices
+    except (RuntimeError, ValueError):  # not a device string at all ("foo", "cuda:x")
+        known = False
+    if not known:
+        raise ValueError(f"--device {name!r} does not exist here; devices: {', '.join(devices)}")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every path the run will write, checked (and left untouched) before any training."""
+    if args.cache_dir:
+        check_writable_dir("--cache-dir", args.cache_dir)
+    if args.save:
+        check_writable_file("--save", args.save)
+    if args.json and args.json != "-":
+        check_writable_file("--json", args.json)
 
 
 def run(cfg: ExperimentConfig, device: torch.device, cache_dir: str | None) -> dict[str, Any]:
@@ -158,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_names(args)
         cfg = config_from_args(args)
+        _check_device(args.device)
+        _check_outputs(args)
         device = pick_device(args.device)
         report = run(cfg, device, args.cache_dir)
     except (ValueError, KeyError, DatasetUnavailable) as err:
@@ -179,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json == "-":
             print(text)
         else:
+            # its folder may not exist yet (_check_outputs made sure it can be created)
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
             with open(args.json, "w") as fh:
                 fh.write(text + "\n")
     return 0
