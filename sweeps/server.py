@@ -21,6 +21,9 @@ whose ``stop()`` ends the whole group.
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib.util
+import math
 import os
 import signal
 import socket
@@ -42,9 +45,35 @@ DEFAULT_WORKERS = 1
 # SQLAlchemy dialects (``postgresql+psycopg2`` counts as postgresql) that mlflow server accepts;
 # the file store is refused by MLflow 3.x unless MLFLOW_ALLOW_FILE_STORE=true, so not offered
 BACKEND_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# the pip package of each DB-API module SQLAlchemy imports for a database URI (SQLAlchemy 2.1:
+# postgresql:// means psycopg 3, postgresql+psycopg2:// psycopg2, mysql:// mysqlclient)
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
+    "asyncpg": "asyncpg", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python", "mariadb": "mariadb", "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}  # fmt: skip
 # interfaces that mean "every interface": the URI to print then needs this machine's address
 ANY_INTERFACE = ("0.0.0.0", "::", "")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _cliutils() -> Any:
+    """``prune_core.cliutils`` (standard library only), loaded without ``prune_core/__init__``,
+    which imports torch: 2-3 s before the first error, and about 0.6 GB resident in a process
+    that otherwise only waits on ``mlflow server`` (this module alone: about 25 MB)."""
+    if "prune_core.cliutils" in sys.modules:  # prune_core is loaded already (tests, notebooks)
+        return sys.modules["prune_core.cliutils"]
+    if "_prune_core_cliutils" not in sys.modules:
+        package = importlib.util.find_spec("prune_core")  # locates it, runs nothing
+        if package is None or package.origin is None:
+            raise ImportError("prune_core is not installed")
+        path = os.path.join(os.path.dirname(package.origin), "cliutils.py")
+        spec = importlib.util.spec_from_file_location("_prune_core_cliutils", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["_prune_core_cliutils"] = module
+    return sys.modules["_prune_core_cliutils"]
 
 
 class ServerError(RuntimeError):
@@ -150,17 +179,69 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """Fail in one line now rather than after the server's ~10 s of imports."""
+    """Fail in one line now rather than after the server's ~10 s of imports: ``--port`` when
+    something listens there, ``--host`` when it is no address of this machine (port 0: only
+    the address is checked)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ServerError(
+                    f"--port {port}: cannot listen on {host}:{port} ({err.strerror or err}); "
+                    "another server (MLflow?) may use it: pass another --port, or --port 0 for "
+                    "a free one"
+                ) from None
             raise ServerError(
-                f"--port {port}: cannot listen on {host}:{port} ({err.strerror or err}); another "
-                "server (MLflow?) may use it: pass another --port, or --port 0 for a free one"
+                f"--host {host}: cannot listen there ({err.strerror or err}); give an address of "
+                "this machine, 127.0.0.1, or 0.0.0.0 for every interface"
             ) from None
+
+
+def _check_host(host: str) -> None:
+    """``host`` must resolve to an address (``socket.getaddrinfo``), e.g. not 999.1.1.1."""
+    if host in ANY_INTERFACE:
+        return
+    try:
+        socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise ServerError(
+            f"--host {host!r} does not resolve ({reason}); give an address of this machine, "
+            "127.0.0.1, or 0.0.0.0 for every interface"
+        ) from None
+
+
+def check_db_driver(flag: str, uri: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` (one line naming the pip package) unless SQLAlchemy can import the driver
+    that database ``uri`` needs, which is what MLflow would fail on, with a long traceback, at its
+    first call. The URI is shown without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError:
+        raise error(
+            f"{flag} {uri!r}: not a database URI (e.g. postgresql://USER:PASS@HOST/DB)"
+        ) from None
+    shown = url.render_as_string(hide_password=True)
+    try:
+        url.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise error(
+            f"{flag} {shown}: SQLAlchemy knows no database driver {url.drivername!r}; write e.g. "
+            "postgresql://... or postgresql+psycopg2://..."
+        ) from None
+    except ImportError as err:
+        module = (err.name or str(err)).split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module)
+        raise error(
+            f"{flag} {shown}: its database driver {module} is not installed; "
+            f"pip install '{package}'"
+        ) from None
 
 
 def advertised_host(host: str) -> str:
@@ -195,9 +276,42 @@ def default_allowed_hosts(host: str) -> str | None:
     return ",".join(names)
 
 
-def resolve_store(backend_store_uri: str, artifacts_destination: str) -> tuple[str, str]:
-    """Check the backend store URI, make local paths absolute (the printed URIs then say where
-    the data is, whatever the server's working directory) and create their folders."""
+def check_settings(
+    backend_store_uri: str,
+    artifacts_destination: str,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    workers: int = DEFAULT_WORKERS,
+    timeout_s: float = 120.0,
+) -> None:
+    """Every check ``start_server`` makes before it creates a folder or starts a process: numbers
+    in range, the host resolves and is this machine's, the port free, the stores writable (local
+    paths, tried and left as they were) or their database driver installed. Raises
+    ``ServerError`` with one line naming the flag."""
+    check_writable_dir, check_writable_file = (
+        _cliutils().check_writable_dir,
+        _cliutils().check_writable_file,
+    )
+    if not 0 <= port <= 65535:
+        raise ServerError(f"--port {port}: must be 0..65535 (0: any free port)")
+    if workers < 1:
+        raise ServerError(f"--workers {workers}: must be an integer >= 1")
+    if not (timeout_s > 0 and math.isfinite(timeout_s)):
+        raise ServerError(f"--timeout {timeout_s:g}: must be a number of seconds > 0")
+    _check_host(host)
+    scheme = _store_scheme(backend_store_uri)
+    if scheme == "sqlite":
+        db = _sqlite_path(backend_store_uri)
+        check_writable_file("--backend-store-uri", db, ServerError)
+    else:
+        check_db_driver("--backend-store-uri", backend_store_uri, ServerError)
+    if "://" not in artifacts_destination:  # s3://, gs://, ...: the server's to check
+        check_writable_dir("--artifacts-destination", artifacts_destination, ServerError)
+    _check_port_free(host if host not in ANY_INTERFACE else "0.0.0.0", port)
+
+
+def _store_scheme(backend_store_uri: str) -> str:
+    """The database of ``--backend-store-uri`` (``postgresql+psycopg2`` counts as postgresql)."""
     scheme = urllib.parse.urlparse(backend_store_uri).scheme.split("+")[0]
     if scheme not in BACKEND_SCHEMES:
         raise ServerError(
@@ -205,15 +319,26 @@ def resolve_store(backend_store_uri: str, artifacts_destination: str) -> tuple[s
             "sqlite:///mlruns/server/mlflow.db or postgresql://USER:PASS@HOST/DB "
             f"(schemes: {', '.join(BACKEND_SCHEMES)})"
         )
-    if scheme == "sqlite":
-        prefix = "sqlite:///"
-        path = backend_store_uri[len(prefix) :]
-        if not backend_store_uri.startswith(prefix) or not path or path == ":memory:":
-            raise ServerError(
-                f"--backend-store-uri {backend_store_uri!r}: write sqlite:///RELATIVE.db or "
-                "sqlite:////ABSOLUTE.db (an in-memory database would lose every run)"
-            )
-        db = Path(path).expanduser().absolute()
+    return scheme
+
+
+def _sqlite_path(backend_store_uri: str) -> Path:
+    """The absolute database file of a ``sqlite:///`` store URI."""
+    prefix = "sqlite:///"
+    path = backend_store_uri[len(prefix) :]
+    if not backend_store_uri.startswith(prefix) or not path or path == ":memory:":
+        raise ServerError(
+            f"--backend-store-uri {backend_store_uri!r}: write sqlite:///RELATIVE.db or "
+            "sqlite:////ABSOLUTE.db (an in-memory database would lose every run)"
+        )
+    return Path(path).expanduser().absolute()
+
+
+def resolve_store(backend_store_uri: str, artifacts_destination: str) -> tuple[str, str]:
+    """Check the backend store URI, make local paths absolute (the printed URIs then say where
+    the data is, whatever the server's working directory) and create their folders."""
+    if _store_scheme(backend_store_uri) == "sqlite":
+        db = _sqlite_path(backend_store_uri)
         db.parent.mkdir(parents=True, exist_ok=True)
         backend_store_uri = f"sqlite:///{db}"
     if "://" not in artifacts_destination:  # a local folder (s3://, gs://, ... pass through)
@@ -310,16 +435,12 @@ def start_server(
         backend_store_uri = backend_store_uri or f"sqlite:///{store / 'mlflow.db'}"
         artifacts_destination = artifacts_destination or str(store / "artifacts")
         log_path = log_path or store / "server.log"
-    backend, artifacts = resolve_store(
-        backend_store_uri or DEFAULT_BACKEND_STORE_URI,
-        artifacts_destination or DEFAULT_ARTIFACTS_DESTINATION,
-    )
-    if workers < 1:
-        raise ServerError(f"--workers {workers}: must be an integer >= 1")
+    backend_store_uri = backend_store_uri or DEFAULT_BACKEND_STORE_URI
+    artifacts_destination = artifacts_destination or DEFAULT_ARTIFACTS_DESTINATION
+    check_settings(backend_store_uri, artifacts_destination, host, port, workers, timeout_s)
+    backend, artifacts = resolve_store(backend_store_uri, artifacts_destination)
     if port == 0:
         port = free_port(host if host not in ANY_INTERFACE else "0.0.0.0")
-    else:
-        _check_port_free(host, port)
     connect_host = advertised_host(host)
     uri = f"http://{f'[{connect_host}]' if ':' in connect_host else connect_host}:{port}"
     log: IO[Any] | None = None
@@ -359,7 +480,7 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m sweeps.server``."""
-    p = argparse.ArgumentParser(
+    p = _cliutils().OneLineArgumentParser(
         prog="python -m sweeps.server",
         description="Run an MLflow tracking server for sweeps on a Ray cluster (one worker, "
         "artifacts served through the server); Ctrl-C stops it.",
@@ -400,6 +521,14 @@ def main(argv: list[str] | None = None) -> int:
     """Start the server, print where to find it, and keep it in the foreground until Ctrl-C or
     SIGTERM; returns the exit status."""
     args = build_parser().parse_args(argv)
+    try:  # refused before any folder exists or any signal handler changes
+        check_settings(
+            args.backend_store_uri, args.artifacts_destination, args.host, args.port,
+            args.workers, args.timeout,
+        )  # fmt: skip
+    except ServerError as err:
+        print(f"python -m sweeps.server: error: {err}", file=sys.stderr)
+        return 2
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the ``finally`` below stops the server's group
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
