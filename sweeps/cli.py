@@ -12,7 +12,7 @@ from prune_core.data import DATASETS
 from prune_core.models import MODELS
 from search_spaces import SPACES
 
-from .pareto import parse_objectives
+from .analysis import parse_objectives
 from .tracking import DEFAULT_TRACKING_URI
 
 

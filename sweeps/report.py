@@ -1,9 +1,12 @@
-"""The Pareto analysis as files: ``pareto.csv``, ``pareto.png`` and ``report.md``.
+"""The Pareto analysis as text and files: the printed summary and front table, and
+``pareto.csv``, ``pareto.png`` and ``report.md``.
 
-``write_outputs(analysis, out_dir, settings=None, title=None) -> list[str]`` writes all three
-(see ``sweeps.pareto`` for the whole API). The figure is drawn on a ``matplotlib.figure.Figure``
-with the Agg canvas, never through pyplot, so it neither needs a display nor changes the
-backend of the process that calls it (a sweep driver, a notebook).
+``format_analysis(analysis) -> str`` is what a sweep and ``python -m sweeps.pareto`` print.
+``write_outputs(analysis, out_dir, settings=None, title=None) -> list[str]`` writes the three
+files (see ``sweeps.pareto`` for the whole API). The figure is drawn on a
+``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot, so it neither needs a
+display nor changes the backend of the process that calls it (a sweep driver, a notebook);
+matplotlib is imported only when a figure is drawn.
 """
 
 from __future__ import annotations
@@ -16,16 +19,153 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .pareto import (
-    Analysis,
-    format_value,
-    group_view,
-    label,
-    pareto_mask,
-    shown_columns,
-    summary_lines,
-    unit,
-)
+from .analysis import Analysis, label, pareto_mask, unit
+
+# ---------------------------------------------------------------------------------------------
+# Text: the printed summary and tables
+
+
+def format_value(metric: str, value: Any) -> str:
+    """A value for tables: counts and bytes as integers, other numbers to 4 significant digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "*" if value else ""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if unit(metric) in ("count", "bytes", "FLOPs per batch") and float(value).is_integer():
+            return f"{int(value)}"
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+def shown_columns(analysis: Analysis, frame: pd.DataFrame) -> list[str]:
+    """The columns the printed and markdown front tables show, in order."""
+    cols = ["run_name"]
+    if analysis.by is not None:
+        cols.append("group")
+    elif "method" in frame:
+        cols.append("method")
+    cols += analysis.metrics
+    for extra in ("test_accuracy", "accuracy_change", "sparsity", "nonzero_params"):
+        if extra not in cols:
+            cols.append(extra)
+    return [c for c in cols if c in frame]
+
+
+def group_view(analysis: Analysis, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the ``group`` column (text) shown under the ``by`` param's own name."""
+    assert analysis.by is not None
+    return frame.drop(columns=[analysis.by]).rename(columns={"group": analysis.by})
+
+
+def format_table(frame: pd.DataFrame, columns: list[str]) -> str:
+    """``frame[columns]`` as aligned plain text, values formatted by ``format_value``."""
+    cells = [[format_value(c, v) for c, v in zip(columns, row, strict=True)]
+             for row in frame[columns].itertuples(index=False, name=None)]  # fmt: skip
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [all(_is_number(r[i]) for r in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(
+            (cell.rjust(w) if num else cell.ljust(w))
+            for cell, w, num in zip(row, widths, numeric, strict=True)
+        ).rstrip()
+        for row in [list(columns), *cells]
+    ]
+    return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    """Whether a formatted cell is numeric (or blank), so its column is right-aligned."""
+    try:
+        float(text)
+    except ValueError:
+        return text in ("", "*")
+    return True
+
+
+def summary_lines(analysis: Analysis) -> list[str]:
+    """The analysis in a few sentences: front size, runs left out, reference point, hypervolume."""
+    n = len(analysis.analysed)
+    lines = [
+        f"Pareto front over {', '.join(map(str, analysis.objectives))}: "
+        f"{len(analysis.front)} of {n} analysed runs"
+    ]
+    if analysis.excluded:
+        lacking = ", ".join(f"{m}: {c}" for m, c in analysis.missing_counts.items() if c)
+        lines.append(
+            f"left out: {analysis.excluded} run(s) missing an objective ({lacking} run(s))"
+        )
+    lines.extend(analysis.notes)
+    ref = ", ".join(
+        f"{m} {format_value(m, r)}"
+        for m, r in zip(analysis.metrics, analysis.reference, strict=True)
+    )
+    lines.append(f"reference point: {ref} ({analysis.reference_text})")
+    hv = f"hypervolume: {analysis.hypervolume:.6g} ({analysis.hypervolume_unit}); "
+    if analysis.reference_is_fixed and math.isfinite(analysis.hypervolume_normalised):
+        hv += (
+            f"{analysis.hypervolume_normalised:.4f} of the box between the reference and the "
+            "best possible point (accuracy 1, costs 0)"
+        )
+    else:
+        hv += (
+            f"{analysis.hypervolume_share:.1%} of the box between the ideal point and the reference"
+        )
+    lines.append(hv)
+    if len(analysis.stopped):
+        lines.append(f"stopped early: {stopped_text(analysis)}; not on the front")
+    for base in analysis.baselines.to_dict("records"):
+        lines.append(
+            f"dense {base['model']}: test accuracy {base['test_accuracy']:.4f}, "
+            f"{format_value('total_params', base['total_params'])} parameters"
+        )
+    return lines
+
+
+def stopped_text(analysis: Analysis) -> str:
+    """The early-stopped trials in words, e.g. ``"3 trial(s) (2 at rung 1, 1 at rung 2)"``."""
+    stopped = analysis.stopped
+    text = f"{len(stopped)} trial(s)"
+    if "stopped_at_rung" in stopped and stopped["stopped_at_rung"].notna().any():
+        counts = stopped["stopped_at_rung"].dropna().astype(int).value_counts().sort_index()
+        text += " (" + ", ".join(f"{c} at rung {r}" for r, c in counts.items()) + ")"
+    return text
+
+
+def format_analysis(analysis: Analysis) -> str:
+    """The printed result: summary, the front (and with ``by`` every group's front), per-group
+    hypervolumes. Every run, on the front or not, is in ``pareto.csv``."""
+    out = summary_lines(analysis)
+    if analysis.by is None:
+        rows = analysis.front
+        cols = shown_columns(analysis, rows)
+        out += ["", format_table(rows, cols)]
+    else:
+        rows = analysis.table[analysis.table["pareto"] | analysis.table["group_pareto"]]
+        rows = rows.sort_values("group", kind="stable")
+        cols = shown_columns(analysis, rows)
+        # the group shown under the param's own name (``group`` is its text form)
+        rows = group_view(analysis, rows)
+        cols = [cols[0], "pareto", "group_pareto", *[analysis.by if c == "group" else c
+                                                      for c in cols[1:]]]  # fmt: skip
+        out += [
+            "",
+            f"fronts per {analysis.by} (pareto: on the global front, group_pareto: on the "
+            "group's front)",
+            format_table(rows, cols),
+            "",
+            format_table(_groups_for_print(analysis), list(_groups_for_print(analysis).columns)),
+        ]
+    return "\n".join(out)
+
+
+def _groups_for_print(analysis: Analysis) -> pd.DataFrame:
+    assert analysis.groups is not None
+    return analysis.groups.rename(columns={"group": analysis.by or "group"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: the figure, report.md, pareto.csv
 
 # Marker shapes cycle with the colours, so groups stay apart in greyscale print too.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
@@ -366,7 +506,8 @@ def render_markdown(
         "objective space that the front dominates and that dominates the reference point, with "
         "every objective turned into minimisation; larger is better.",
         "",
-        f"**Reference point** {ref} ({analysis.reference_text}).",
+        f"**Reference point** {ref} ({analysis.reference_text}); exactly: "
+        f"`{exact_reference(analysis)}`.",
         "",
         f"![Pareto front]({figure})",
         "",
@@ -394,6 +535,20 @@ def render_markdown(
                 [cols[0], "pareto", *[analysis.by if c == "group" else c for c in cols[1:]]],
             ),
         ]
+    if len(analysis.stopped):
+        stopped = analysis.stopped
+        cols = ["run_name", "stopped_at_rung"]
+        cols += [c for c in ("method", *analysis.metrics) if c in stopped and c not in cols]
+        lines += [
+            "",
+            f"## Stopped early ({stopped_text(analysis)})",
+            "",
+            "Multi-objective early stopping ended these trials at the rung shown (their MLflow "
+            "runs keep the history up to it); their last values are not comparable with "
+            "finished runs, so they are never on the front.",
+            "",
+            _md_table(stopped, [c for c in cols if c in stopped]),
+        ]
     if not analysis.baselines.empty:
         lines += [
             "",
@@ -408,21 +563,41 @@ def render_markdown(
     return "\n".join(lines)
 
 
+def exact_reference(analysis: Analysis) -> str:
+    """The reference point at full precision (``repr`` of each float), e.g.
+    ``test_accuracy=0.0, nonzero_params=109386.0``."""
+    return ", ".join(
+        f"{m}={float(r)!r}" for m, r in zip(analysis.metrics, analysis.reference, strict=True)
+    )
+
+
+def csv_table(analysis: Analysis) -> pd.DataFrame:
+    """``pareto.csv``'s rows: every analysed run, only the columns that hold a value in some row
+    (a sweep's child runs share MLflow's union of columns), and the reference point at full
+    precision as ``pareto_reference.<metric>`` columns (the same value in every row)."""
+    table = analysis.table.dropna(axis=1, how="all").copy()
+    for name, value in analysis.reference_metrics.items():
+        table[name] = float(value)
+    return table
+
+
 def write_outputs(
     analysis: Analysis,
     out_dir: str,
     settings: Mapping[str, Any] | None = None,
     title: str | None = None,
 ) -> list[str]:
-    """Write ``pareto.csv`` (every run, with ``pareto``, ``missing`` and, with ``by``, ``group``
-    and ``group_pareto``), ``pareto.png`` and ``report.md`` into ``out_dir`` (created if needed).
+    """Write ``pareto.csv`` (every analysed run, with ``pareto``, ``missing`` and, with ``by``,
+    ``group`` and ``group_pareto``; see ``csv_table``), ``pareto.png`` and ``report.md`` into
+    ``out_dir`` (created if needed).
     ``settings``: the parent run's params (``{param: value}``, or ``{sweep: {param: value}}``).
     Returns the three paths, in that order."""
     os.makedirs(out_dir, exist_ok=True)
     csv = os.path.join(out_dir, "pareto.csv")
     png = os.path.join(out_dir, "pareto.png")
     md = os.path.join(out_dir, "report.md")
-    analysis.table.to_csv(csv, index=False)
+    # floats written in full (repr) precision: pandas' default without float_format
+    csv_table(analysis).to_csv(csv, index=False)
     plot_front(analysis, png, title=title)
     with open(md, "w") as fh:
         fh.write(render_markdown(analysis, os.path.basename(png), settings, title))

@@ -19,8 +19,9 @@ from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, TrainCo
 from prune_core.data import DatasetUnavailable, load_dataset
 from prune_core.train import pick_device
 
+from .analysis import analyse, parse_objectives, trial_table
 from .cli import Study, SweepSpec, UsageError, resolve_spec
-from .pareto import analyse, format_analysis, parse_objectives, write_outputs
+from .report import format_analysis, write_outputs
 from .tracking import (
     TrackingError,
     TrackingTarget,
@@ -31,8 +32,6 @@ from .tracking import (
 )
 from .trial import prune_trial
 
-RECIPE_COLUMNS = ["model", "method", "target_sparsity", "schedule", "iterations",
-                  "finetune_epochs", "lr", "retrain"]  # fmt: skip
 # Spaces that may choose weight rewinding: their baselines keep the early weights it needs.
 REWINDING_SPACES = ("unstructured", "full")
 
@@ -315,25 +314,6 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
     finally:
         if connected:
             ray.shutdown()
-
-
-def trial_table(df: pd.DataFrame, dense_accuracy: dict[str, float]) -> pd.DataFrame:
-    """One row per child run: name, recipe and final metrics, under plain column names, with
-    ``accuracy_change`` against the dense model of the same architecture."""
-    if df.empty:
-        return pd.DataFrame(columns=["run_id", "run_name", *RECIPE_COLUMNS])
-    out = pd.DataFrame({"run_id": df["run_id"], "run_name": df["tags.mlflow.runName"]})
-    for col in RECIPE_COLUMNS:
-        out[col] = df.get(f"params.{col}")
-    for col in [c for c in df.columns if c.startswith("metrics.")]:
-        out[col[len("metrics.") :]] = df[col]
-    for col in ("target_sparsity", "lr"):
-        out[col] = out[col].astype(float)
-    for col in ("iterations", "finetune_epochs"):
-        out[col] = out[col].astype(int)
-    out["dense_test_accuracy"] = out["model"].map(dense_accuracy)
-    out["accuracy_change"] = out["test_accuracy"] - out["dense_test_accuracy"]
-    return out.sort_values("run_name", kind="stable").reset_index(drop=True)
 
 
 def results_table(runs: pd.DataFrame) -> pd.DataFrame:

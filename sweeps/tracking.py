@@ -136,3 +136,89 @@ def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> Any
         ),
         max_results=10000,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a finished sweep back (python -m sweeps.pareto, notebooks)
+
+
+def _column(frame: Any, name: str) -> Any:
+    """``frame[name]``, or a column of None where MLflow left it out (no run has it)."""
+    import pandas as pd
+
+    return frame[name] if name in frame else pd.Series([None] * len(frame), index=frame.index)
+
+
+def _present(frame: Any, prefix: str) -> list[str]:
+    """Names under ``prefix`` (``params.``, ``metrics.``) that some row of ``frame`` holds."""
+    return sorted(
+        c[len(prefix) :] for c in frame.columns if c.startswith(prefix) and frame[c].notna().any()
+    )
+
+
+@dataclass
+class Loaded:
+    """Child and parent runs of one or more sweeps, as ``mlflow.search_runs`` frames."""
+
+    finished: Any  # the FINISHED child runs
+    parents: Any  # the analysed sweeps' parent runs
+    not_finished: int  # child runs that neither finished nor were stopped early
+    experiment_id: str
+    metrics: list[str]  # metric names some finished run logged
+    params: list[str]  # param names some finished run logged
+    stopped: Any = None  # child runs that early stopping ended (tag early_stopped, or KILLED)
+
+
+def load_runs(tracking_uri: str, experiment: str, sweeps: Any = None) -> Loaded:
+    """The FINISHED child runs of ``sweeps`` (parent run ids; default: every sweep of
+    ``experiment``), the early-stopped ones, and their parent runs, as ``mlflow.search_runs``
+    returns them; ``sweeps.analysis.trial_frame`` turns them into the runs table.
+
+    Raises ``TrackingError`` (one line) for an unknown experiment or sweep id.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage != "active":
+        names = sorted(e.name for e in client.search_experiments())
+        raise TrackingError(
+            f"--experiment {experiment!r} is not in {tracking_uri}; experiments there: "
+            f"{', '.join(names) or '(none)'}"
+        )
+    mlflow.set_tracking_uri(tracking_uri)
+    everything = mlflow.search_runs(experiment_ids=[exp.experiment_id], max_results=100_000)
+    parent_of = _column(everything, "tags.mlflow.parentRunId")
+    parents = everything[parent_of.isna()]
+    children = everything[parent_of.notna()]
+    if sweeps:
+        for run_id in sweeps:
+            if run_id not in set(parents["run_id"]):
+                known = [
+                    f"{r} ({n})"
+                    for r, n in zip(
+                        parents["run_id"], _column(parents, "tags.mlflow.runName"), strict=True
+                    )
+                ]
+                raise TrackingError(
+                    f"--sweep {run_id!r} is not a sweep (parent run) of experiment "
+                    f"{experiment!r}; sweeps there: {', '.join(known) or '(none)'}"
+                )
+        children = children[children["tags.mlflow.parentRunId"].isin(list(sweeps))]
+    finished = children[children["status"] == "FINISHED"]
+    stopped_tag = _column(children, "tags.early_stopped")
+    stopped = children[(children["status"] != "FINISHED") & stopped_tag.notna()]
+    if sweeps is None:
+        parents = parents[parents["run_id"].isin(set(finished["tags.mlflow.parentRunId"]))]
+    else:
+        parents = parents[parents["run_id"].isin(list(sweeps))]
+    return Loaded(
+        finished=finished,
+        parents=parents,
+        not_finished=len(children) - len(finished) - len(stopped),
+        experiment_id=exp.experiment_id,
+        metrics=_present(finished, "metrics."),
+        params=_present(finished, "params."),
+        stopped=stopped,
+    )

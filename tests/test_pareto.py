@@ -1,5 +1,7 @@
 """Pareto front: brute-force and Optuna agreement, ties, duplicates, NaN; exact hypervolume
-against hand-computed values and a brute-force grid; group fronts; objective parsing."""
+against hand-computed values and a brute-force grid; the fixed and data-dependent reference
+points; non-dominated sorting and crowding distance; group fronts; early-stopped trials;
+objective parsing."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ import pytest
 from sweeps.pareto import (
     Objective,
     analyse,
+    crowding_distance,
     default_reference,
+    fixed_reference,
     format_analysis,
     hypervolume,
+    non_dominated_ranks,
     pareto_mask,
     pareto_table,
     parse_objectives,
@@ -316,3 +321,157 @@ def test_write_outputs_without_mlflow(tmp_path):
     assert "| seed | 3 |" in report and "## Dense baseline" not in report
     assert "| quick | True |" in report and "| grid | False |" in report  # flags spelled out
     assert "| address |  |" in report  # unset: blank, not "None"
+
+
+# --- fixed reference: comparable hypervolumes across sweeps ----------------------------------
+
+
+def test_fixed_reference_per_objective():
+    dense = {"nonzero_params": 1000.0, "latency_ms": 4.5, "test_accuracy": 0.9}
+    objectives = "test_accuracy:max,nonzero_params:min,latency_ms:min"
+    assert fixed_reference(objectives, dense) == (0.0, 1000.0, 4.5)
+    assert fixed_reference("sparsity:max,permanent_test_accuracy:max", {}) == (0.0, 0.0)
+    # a model with no correct prediction changes accuracy by minus the dense accuracy
+    assert fixed_reference("accuracy_change:max,nonzero_params:min", dense) == (-0.9, 1000.0)
+    with pytest.raises(ValueError, match=r"objective flops:min has no fixed reference.*dense "
+                       r"values: nonzero_params, latency_ms, test_accuracy"):  # fmt: skip
+        fixed_reference("test_accuracy:max,flops:min", dense)
+    with pytest.raises(ValueError, match="objective test_accuracy:min has no fixed reference"):
+        fixed_reference("test_accuracy:min,nonzero_params:min", dense)
+
+
+def test_two_sweeps_share_the_fixed_reference_and_compare():
+    # two sweeps of one dense model (1000 parameters) with different trials
+    first = pd.DataFrame(
+        {
+            "run_name": ["a", "b"],
+            "model": "cnn",
+            "total_params": 1000.0,
+            "test_accuracy": [0.9, 0.6],
+            "nonzero_params": [500.0, 100.0],
+        }
+    )
+    second = pd.DataFrame({"run_name": ["c", "d", "e"], "model": "cnn", "total_params": 1000.0,
+                           "test_accuracy": [0.8, 0.95, 0.5],
+                           "nonzero_params": [200.0, 900.0, 600.0]})  # fmt: skip
+    objectives = "test_accuracy:max,nonzero_params:min"
+    one = analyse(first, objectives, dense={"cnn": 0.97})
+    two = analyse(second, objectives, dense={"cnn": 0.97})
+    assert one.reference == two.reference == (0.0, 1000.0)
+    assert one.reference_kinds == two.reference_kinds == ("fixed", "fixed")
+    # minimising (params, -accuracy) against (1000, 0): b 900 * 0.6, then a 500 * (0.9 - 0.6)
+    assert one.hypervolume == pytest.approx(900 * 0.6 + 500 * 0.3)  # 690
+    # c 800 * 0.8, then d 100 * (0.95 - 0.8); e (600, 0.5) is dominated by c
+    assert two.hypervolume == pytest.approx(800 * 0.8 + 100 * 0.15)  # 655
+    assert one.hypervolume > two.hypervolume
+    # normalised by the box from the reference to (accuracy 1, 0 parameters): 1 * 1000
+    assert one.hypervolume_normalised == pytest.approx(0.69)
+    assert two.hypervolume_normalised == pytest.approx(0.655)
+    # the data-dependent reference moves with the trials: the same runs, another reference
+    data = analyse(first, objectives, dense={"cnn": 0.97}, reference="data")
+    assert data.reference == pytest.approx((0.6 - 0.03, 500 + 40))
+    assert data.reference_kinds == ("data", "data") and "depends on the runs" in (
+        data.reference_text
+    )
+    assert one.reference_metrics == {
+        "pareto_reference.test_accuracy": 0.0,
+        "pareto_reference.nonzero_params": 1000.0,
+    }
+    with pytest.raises(ValueError, match="reference 'worst': write fixed, data or one number"):
+        analyse(first, objectives, reference="worst")
+
+
+def test_fixed_reference_falls_back_per_objective_and_says_so():
+    runs = runs_frame()  # no dense latency known
+    analysis = analyse(runs, "test_accuracy:max,nonzero_params:min,latency_ms:min")
+    ok = runs["latency_ms"].notna()
+    worst = runs.loc[ok, "latency_ms"].max()
+    span = worst - runs.loc[ok, "latency_ms"].min()
+    assert analysis.reference == pytest.approx((0.0, 1000.0, worst + 0.1 * span))
+    assert analysis.reference_kinds == ("fixed", "fixed", "data")
+    assert not analysis.reference_is_fixed
+    assert "not comparable" in analysis.reference_text
+    # given the dense latency, every objective is fixed
+    given = analyse(runs, "test_accuracy:max,nonzero_params:min,latency_ms:min",
+                    dense_values={"latency_ms": 6.0})  # fmt: skip
+    assert given.reference == (0.0, 1000.0, 6.0) and given.reference_is_fixed
+
+
+def test_csv_and_report_hold_the_reference_at_full_precision(tmp_path):
+    runs = runs_frame().drop(columns=["latency_ms"])
+    runs["empty"] = np.nan  # a column no run has a value in (MLflow's union of columns)
+    # a reference that short formats would round
+    analysis = analyse(runs, "test_accuracy:max,nonzero_params:min", reference=(1 / 7, 2000 / 3))
+    ref = analysis.reference
+    paths = write_outputs(analysis, str(tmp_path), title="precision")
+    csv = pd.read_csv(paths[0], float_precision="round_trip")
+    assert (csv["pareto_reference.test_accuracy"] == ref[0]).all()  # exact float equality
+    assert (csv["pareto_reference.nonzero_params"] == ref[1]).all()
+    assert "empty" not in csv
+    report = open(paths[2]).read()
+    assert f"exactly: `test_accuracy={ref[0]!r}, nonzero_params={ref[1]!r}`" in report
+
+
+def test_stopped_trials_are_listed_never_on_the_front(tmp_path):
+    runs = pd.DataFrame({"run_name": ["a", "b"], "method": "m", "test_accuracy": [0.9, 0.8],
+                         "nonzero_params": [100.0, 50.0], "total_params": 1000.0})  # fmt: skip
+    stopped = pd.DataFrame({
+        "run_name": ["s2", "s1"], "method": "m", "stopped_at_rung": [2, 1],
+        "test_accuracy": [0.99, 0.95], "nonzero_params": [10.0, 5.0],
+    })  # fmt: skip
+    analysis = analyse(runs, "test_accuracy:max,nonzero_params:min", stopped=stopped)
+    assert set(analysis.front["run_name"]) == {"a", "b"}  # the better stopped points do not count
+    assert list(analysis.stopped["run_name"]) == ["s1", "s2"]  # by rung
+    text = format_analysis(analysis)
+    assert "stopped early: 2 trial(s) (1 at rung 1, 1 at rung 2); not on the front" in text
+    report = open(write_outputs(analysis, str(tmp_path))[2]).read()
+    section = report.split("## Stopped early (2 trial(s) (1 at rung 1, 1 at rung 2))")[1]
+    assert "| s1 | 1 | m | 0.95 | 5 |" in section and "| s2 | 2 | m | 0.99 | 10 |" in section
+
+
+# --- non-dominated sorting and crowding distance ---------------------------------------------
+
+
+def test_non_dominated_ranks_hand_computed():
+    # accuracy max, params min
+    values = np.array([
+        [0.9, 100],  # front 0
+        [0.8, 50],  # front 0
+        [0.85, 120],  # dominated by (0.9, 100) only: front 1
+        [0.7, 60],  # dominated by (0.8, 50): front 1
+        [0.6, 130],  # dominated by (0.85, 120), which is in front 1: front 2
+        [0.9, 100],  # duplicate of the first: front 0 too
+        [np.nan, 10],  # unranked
+    ])  # fmt: skip
+    assert non_dominated_ranks(values, [True, False]).tolist() == [0, 0, 1, 1, 2, 0, -1]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_non_dominated_ranks_peel_fronts(seed):
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 5, size=(30, 3)).astype(float)
+    maximize = [True, False, True]
+    ranks = non_dominated_ranks(values, maximize)
+    remaining = np.ones(len(values), dtype=bool)
+    for front in range(ranks.max() + 1):
+        expected = np.zeros(len(values), dtype=bool)
+        idx = np.flatnonzero(remaining)
+        expected[idx[brute_force(values[idx], maximize)]] = True
+        assert ((ranks == front) == expected).all()
+        remaining &= ~expected
+
+
+def test_crowding_distance_hand_computed():
+    # a 2-D front of four points; ranges 3 (x) and 6 (y)
+    front = np.array([[0.0, 6.0], [1.0, 3.0], [2.0, 1.0], [3.0, 0.0]])
+    dist = crowding_distance(front)
+    assert np.isinf(dist[0]) and np.isinf(dist[3])
+    # (2 - 0) / 3 + (6 - 1) / 6, and (3 - 1) / 3 + (3 - 0) / 6
+    assert dist[1] == pytest.approx(2 / 3 + 5 / 6)
+    assert dist[2] == pytest.approx(2 / 3 + 3 / 6)
+    # duplicates share one distance; two distinct points are both extremes
+    assert crowding_distance(np.array([[1.0, 2.0], [1.0, 2.0], [3.0, 0.0]])).tolist() == [
+        np.inf, np.inf, np.inf,
+    ]  # fmt: skip
+    dup = crowding_distance(np.vstack([front, front[1]]))
+    assert dup[1] == dup[4] == pytest.approx(2 / 3 + 5 / 6)

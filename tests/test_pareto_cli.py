@@ -1,6 +1,7 @@
 """``python -m sweeps.pareto`` on a real MLflow SQLite store built by hand: the printed table,
 pareto.csv (fronts worked out by hand below), pareto.png, report.md, the parent run's artifacts,
-``--by`` fronts, ``--reference``, three objectives, and one-line errors on bad input."""
+the fixed reference point, ``--by`` fronts, ``--reference``, three objectives, an early-stopped
+trial, and one-line errors on bad input."""
 
 from __future__ import annotations
 
@@ -39,18 +40,21 @@ FRONT_2D = {"a", "b", "h", "c", "i"}
 GROUP_FRONT = {"a", "b", "h", "c", "d", "e", "f", "i", "g"}
 # with latency_ms min as well (i left out: no latency): g is below a everywhere, k below d
 FRONT_3D = {"a", "b", "h", "c", "d", "e", "f"}
-# default reference: worst value offset by 10% of the range over the ten analysed runs
-REF_2D = (0.70 - 0.1 * (0.945 - 0.70), 700 + 0.1 * (700 - 100))  # (0.6755, 760)
-# hypervolume, minimising (params, -accuracy): staircase of c, b, a, i against REF_2D
-HV_2D = 660 * (0.85 - 0.6755) + 460 * (0.92 - 0.85) + 260 * (0.94 - 0.92) + 60 * (0.945 - 0.94)
+# default (fixed) reference: accuracy 0, the dense model's 1000 parameters
+REF_FIXED = (0.0, 1000.0)
+# hypervolume, minimising (params, -accuracy): staircase of c, b, a, i against REF_FIXED
+HV_FIXED = 900 * 0.85 + 700 * (0.92 - 0.85) + 500 * (0.94 - 0.92) + 300 * (0.945 - 0.94)  # 825.5
+# normalised by the box between the reference and the best possible point (1.0, 0 parameters)
+HV_FIXED_SHARE = HV_FIXED / (1.0 * 1000)
 # the same against --reference 0.8,800: 700*0.05 + 500*0.07 + 300*0.02 + 100*0.005
 HV_REF = 76.5
 # Sweep B: model mlp, every run below a; with it the experiment holds two sweeps.
 SWEEP_B = {"m1": ("magnitude", 0.5, 0.80, 800, 3.0), "m2": ("magnitude", 0.9, 0.60, 990, 2.5)}
 
 
-def _run(client, exp_id, name, parent, params, metrics, status="FINISHED"):
-    run = client.create_run(exp_id, run_name=name, tags={"mlflow.parentRunId": parent})
+def _run(client, exp_id, name, parent, params, metrics, status="FINISHED", tags=None):
+    tags = {"mlflow.parentRunId": parent, **(tags or {})}
+    run = client.create_run(exp_id, run_name=name, tags=tags)
     now = int(time.time() * 1000)
     client.log_batch(
         run.info.run_id,
@@ -74,6 +78,7 @@ def _sweep(client, exp_id, name, model, dense, total, trials, extra_children=())
         ],
     )
     for run_name, values in {**trials, **dict(extra_children)}.items():
+        tags = {"early_stopped": "rung 1"} if run_name == "stopped" else {}
         method, target, acc, nonzero, latency = values
         params = {
             "dataset": "digits",
@@ -94,22 +99,27 @@ def _sweep(client, exp_id, name, model, dense, total, trials, extra_children=())
         }
         if latency is not None:
             metrics["latency_ms"] = latency
-        status = "FAILED" if run_name == "failed" else "FINISHED"
-        _run(client, exp_id, run_name, parent, params, metrics, status)
+        status = {"failed": "FAILED", "stopped": "KILLED"}.get(run_name, "FINISHED")
+        _run(client, exp_id, run_name, parent, params, metrics, status, tags)
     client.set_terminated(parent, "FINISHED")
     return parent
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """An experiment with two sweeps: A (10 finished + 1 failed child), B (2 children)."""
+    """An experiment with two sweeps: A (10 finished, 1 failed and 1 early-stopped child), B (2
+    children)."""
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)
     exp_id = client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
     client.create_experiment("other-experiment")
-    # a failed trial that would beat everything, had it counted
-    failed = {"failed": ("magnitude", 0.99, 0.99, 10, 0.1)}
+    # a failed trial and one stopped early (KILLED, tag early_stopped) that would beat
+    # everything, had they counted
+    failed = {
+        "failed": ("magnitude", 0.99, 0.99, 10, 0.1),
+        "stopped": ("magnitude", 0.98, 0.99, 20, 0.1),
+    }
     a = _sweep(client, exp_id, "sweep-a", "cnn", 0.95, 1000, SWEEP_A, failed)
     b = _sweep(client, exp_id, "sweep-b", "mlp", 0.90, 1000, SWEEP_B)
     return {"root": root, "uri": uri, "client": client, "a": a, "b": b}
@@ -147,19 +157,29 @@ def test_one_sweep_table_csv_png_report_and_parent_artifacts(store, tmp_path):
     stdout = res.stdout
     assert "5 of 10 analysed runs" in stdout
     assert "1 child run(s) not FINISHED" in stdout  # the failed trial, counted and left out
+    assert "stopped early: 1 trial(s) (1 at rung 1); not on the front" in stdout
     # the printed front: exactly the front runs, most accurate first
     table = stdout.split("\n\n")[1].splitlines()
     assert table[0].split()[:4] == ["run_name", "method", "test_accuracy", "nonzero_params"]
     assert [line.split()[0] for line in table[1:]] == ["i", "a", "b", "h", "c"]
-    assert "reference point: test_accuracy 0.6755, nonzero_params 760" in stdout
-    assert f"hypervolume: {HV_2D:.6g}" in stdout
+    assert "reference point: test_accuracy 0, nonzero_params 1000 (fixed: " in stdout
+    assert (
+        f"hypervolume: {HV_FIXED:.6g} (fraction x count); {HV_FIXED_SHARE:.4f} of the box" in stdout
+    )
 
     csv = pd.read_csv(out / "pareto.csv")
-    assert sorted(csv["run_name"]) == sorted(SWEEP_A)  # every finished run, not the failed one
+    assert sorted(csv["run_name"]) == sorted(SWEEP_A)  # every finished run, not failed/stopped
     assert set(csv.loc[csv["pareto"], "run_name"]) == FRONT_2D
     assert csv["test_accuracy"].is_monotonic_decreasing
     assert (csv["dense_test_accuracy"] == 0.95).all() and (csv["sweep"] == "sweep-a").all()
     assert (csv["dataset"] == "digits").all()  # params beyond the recipe come along
+    # only columns with a value: not the parent runs' params and metrics that MLflow's union of
+    # columns gives every child run (issue 14)
+    # (``missing`` is "" where a run has every objective: read back as empty)
+    assert not [c for c in csv.columns if csv[c].isna().all() and c != "missing"]
+    assert "num_samples" not in csv and "dense_test_accuracy.cnn" not in csv
+    assert (csv["pareto_reference.test_accuracy"] == 0.0).all()
+    assert (csv["pareto_reference.nonzero_params"] == 1000.0).all()
 
     png = (out / "pareto.png").read_bytes()
     assert png[:8] == PNG_MAGIC
@@ -167,11 +187,13 @@ def test_one_sweep_table_csv_png_report_and_parent_artifacts(store, tmp_path):
     assert width > 1000 and height > 700  # 7.8 x 5.4 in at 150 dpi
 
     report = (out / "report.md").read_text()
-    assert f"**Hypervolume** {HV_2D:.6g}" in report
-    assert (
-        "**Reference point** test_accuracy = 0.6755 fraction, nonzero_params = 760 count" in report
-    )
-    assert "worst value over the analysed runs" in report
+    assert f"**Hypervolume** {HV_FIXED:.6g}" in report
+    assert "**Reference point** test_accuracy = 0 fraction, nonzero_params = 1000 count" in report
+    assert "exactly: `test_accuracy=0.0, nonzero_params=1000.0`" in report
+    assert "comparable across sweeps of the same dense model" in report
+    # the early-stopped trial is listed, with its rung, and is not on the front
+    stopped = report.split("## Stopped early (1 trial(s) (1 at rung 1))")[1].split("##")[0]
+    assert "| stopped | 1 | magnitude | 0.99 | 20 |" in stopped
     assert "![Pareto front](pareto.png)" in report
     assert "| num_samples | 10 |" in report  # the parent run's settings
     assert "## The front (5 runs)" in report
@@ -238,6 +260,9 @@ def test_whole_experiment_three_objectives_default_out(store, tmp_path):
     assert set(csv.loc[csv["pareto"], "run_name"]) == FRONT_3D
     assert csv.set_index("run_name").loc["i", "missing"] == "latency_ms"
     assert "left out: 1 run(s) missing an objective (latency_ms: 1 run(s))" in res.stdout
+    # no dense latency is known: that objective's reference depends on the runs, and says so
+    assert "latency_ms worst value over the analysed runs" in res.stdout
+    assert "not comparable" in res.stdout
     assert "2 sweep(s)" in res.stdout
     height, width, _ = matplotlib.image.imread(out / "pareto.png").shape
     assert width > 2 * height  # three panels side by side
