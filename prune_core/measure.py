@@ -286,14 +286,14 @@ def device_label(device: torch.device) -> str:
     return str(device)
 
 
-def latency_ms(
+def forward_times_ms(
     model: nn.Module, example_input: torch.Tensor, warmup: int = 3, repeats: int = 10
-) -> dict[str, Any]:
-    """Median wall-clock milliseconds of one forward pass of the batch ``example_input``.
+) -> list[float]:
+    """Wall-clock milliseconds of each of ``repeats`` forward passes of the batch
+    ``example_input``, after ``warmup`` untimed passes.
 
-    Runs on the model's device, in eval mode under no_grad, after ``warmup`` untimed passes; on
-    CUDA every timed pass ends with ``torch.cuda.synchronize``. Returns ``median_ms`` (ms per
-    batch) with ``batch_size``, ``device``, ``threads`` (``torch.get_num_threads()``), ``repeats``.
+    Runs on the model's device, in eval mode under no_grad (each module's training flag is
+    restored); on CUDA every timed pass ends with ``torch.cuda.synchronize``.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(
@@ -316,13 +316,61 @@ def latency_ms(
             model(x)
             sync()
             times_ms.append((time.perf_counter() - start) * 1e3)
+    return times_ms
+
+
+def latency_summary(times_ms: list[float]) -> dict[str, float]:
+    """``median_ms``, ``p10_ms`` and ``p90_ms`` of timed passes (percentiles interpolated
+    linearly between the sorted times; all equal the one time if there is one) and ``spread`` =
+    ``p90_ms / p10_ms`` (dimensionless, 1.0 = perfectly steady)."""
+    if not times_ms:
+        raise ValueError("times_ms is empty; allowed: at least one timed pass")
+    if len(times_ms) > 1:
+        deciles = statistics.quantiles(times_ms, n=10, method="inclusive")
+        p10, p90 = deciles[0], deciles[-1]
+    else:
+        p10 = p90 = times_ms[0]
     return {
         "median_ms": statistics.median(times_ms),
-        "batch_size": int(x.shape[0]) if x.dim() else 1,
+        "p10_ms": p10,
+        "p90_ms": p90,
+        "spread": p90 / p10 if p10 > 0 else float("nan"),
+    }
+
+
+def latency_stats(
+    model: nn.Module, example_input: torch.Tensor, warmup: int = 3, repeats: int = 10
+) -> dict[str, Any]:
+    """Wall-clock milliseconds of one forward pass of the batch ``example_input``, with spread.
+
+    Timed by ``forward_times_ms``. Returns ``latency_summary`` of the timed passes (``median_ms``,
+    ``p10_ms``, ``p90_ms``: ms per batch; ``spread`` = p90 / p10), ``times_ms`` (every timed
+    pass, in order), ``batch_size``, ``device``, ``threads`` (``torch.get_num_threads()``) and
+    ``repeats``.
+    """
+    times_ms = forward_times_ms(model, example_input, warmup=warmup, repeats=repeats)
+    device = _model_device(model, example_input)
+    return {
+        **latency_summary(times_ms),
+        "times_ms": times_ms,
+        "batch_size": int(example_input.shape[0]) if example_input.dim() else 1,
         "device": device_label(device),
         "threads": torch.get_num_threads(),
         "repeats": repeats,
     }
+
+
+def latency_ms(
+    model: nn.Module, example_input: torch.Tensor, warmup: int = 3, repeats: int = 10
+) -> dict[str, Any]:
+    """Median wall-clock milliseconds of one forward pass of the batch ``example_input``.
+
+    Timed as ``latency_stats`` does. Returns ``median_ms`` (ms per batch) with ``batch_size``,
+    ``device``, ``threads`` (``torch.get_num_threads()``), ``repeats``; ``latency_stats`` also
+    gives the spread.
+    """
+    stats = latency_stats(model, example_input, warmup=warmup, repeats=repeats)
+    return {k: stats[k] for k in ("median_ms", "batch_size", "device", "threads", "repeats")}
 
 
 # ---------------------------------------------------------------------------------------------

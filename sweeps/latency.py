@@ -1,0 +1,209 @@
+"""Latency measured alone: the driver re-times every finished trial's checkpoint after the sweep.
+
+A trial times its model while other trials train on the same cores, so its ``latency_ms`` says
+more about what ran beside it than about the model (12 identical ResNet-18 checkpoints spanned
+40-124 ms). ``remeasure_latency`` runs in the driver once every trial has finished and times the
+checkpoints one at a time, with nothing else running, under the trial's own conditions (batch,
+thread count, device type), and overwrites the run's ``latency_ms``. The timed passes of each
+checkpoint are spread over several rounds that take the checkpoints in turn (A B C, A B C, ...),
+so a slow spell of the machine (another process, frequency changes) lands on every checkpoint
+alike instead of on whichever was being timed then.
+
+What each child run gets (MLflow):
+
+- metric ``latency_ms``: the driver's median ms per batch. Logged at the step of the trial's own
+  value with a later timestamp, so it is the run's latest value (``search_runs``, the UI, the
+  Pareto front); the trial's value stays in the metric's history.
+- metric ``latency_ms_trial``: the trial's in-sweep value, for comparison.
+- metric ``latency_ms_spread``: p90 / p10 of the driver's timed passes, all rounds together
+  (dimensionless; 1.0 means every pass took the same time).
+- param ``latency_measured_by=driver``; tag ``latency_driver_device`` (the device label, e.g.
+  ``cpu`` or ``cuda:0 (NVIDIA H200)``). MLflow refuses to change a logged param, so the pass logs
+  no param whose value could differ from the trial's: ``latency_batch_size`` and
+  ``latency_threads`` stay true because the pass uses the same batch size and thread count, and
+  the one new param is the same on every run and every rerun of the pass.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import torch
+
+from prune_core.checkpoint import load_state
+from prune_core.measure import device_label, forward_times_ms, latency_summary
+from prune_core.models import build_model
+from prune_core.structured import PRUNED_MODEL_FORMAT, load_pruned_model
+
+from .tracking import log_params
+
+ROUNDS = 4  # turns over all checkpoints; each checkpoint is loaded and timed once per round
+WARMUP = 2  # untimed passes per checkpoint and round (first-call allocations, caches)
+REPEATS_PER_ROUND = 5  # timed passes per checkpoint and round: 20 in all, for p10/median/p90
+
+
+def checkpoint_artifact(run_name: str) -> str:
+    """Artifact path of a trial's pruned checkpoint (``sweeps.trial`` writes it there)."""
+    return f"checkpoints/{run_name}.pt"
+
+
+def load_checkpoint(
+    path: str, model_name: str, in_channels: int, num_classes: int, image_size: int
+) -> torch.nn.Module:
+    """A trial's checkpoint as a CPU model: a channel-removed model written by
+    ``save_pruned_model`` (rebuilt at its smaller shapes), or a plain state dict of the
+    registered ``model_name`` (its pruned weights are zeros in dense tensors)."""
+    state = load_state(path, map_location="cpu")
+    if isinstance(state, dict) and state.get("format") == PRUNED_MODEL_FORMAT:
+        return load_pruned_model(path)
+    model = build_model(model_name, in_channels, num_classes, image_size)
+    model.load_state_dict(state)
+    return model
+
+
+def _param(row: pd.Series, name: str) -> str | None:
+    """The run's param ``name`` as MLflow stored it (a string), or None if it was not logged."""
+    value = row.get(f"params.{name}")
+    return None if value is None or pd.isna(value) else str(value)
+
+
+def _trial_latency(row: pd.Series) -> float:
+    """The trial's own ``latency_ms`` (NaN if none): after an earlier pass of the driver it is
+    kept as ``latency_ms_trial``, and ``latency_ms`` is the driver's."""
+    for column in ("metrics.latency_ms_trial", "metrics.latency_ms"):
+        value = row.get(column)
+        if value is not None and not pd.isna(value):
+            return float(value)
+    return float("nan")
+
+
+def _device_for(row: pd.Series) -> torch.device:
+    """The trial's device type, where this process has it (a CUDA trial on a CPU-only driver is
+    timed on the CPU, and the tag ``latency_driver_device`` says so)."""
+    if _param(row, "device") == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _log_driver_latency(client: Any, run_id: str, figures: dict[str, float], device: str) -> None:
+    """Log the driver's figures so that they become the run's latest ``latency_ms``."""
+    from mlflow.entities import Metric
+
+    history = client.get_metric_history(run_id, "latency_ms")
+    step = max((m.step for m in history), default=0)
+    # same step, strictly later timestamp (ms): MLflow then takes this value as the latest
+    now_ms = max([int(time.time() * 1000)] + [m.timestamp + 1 for m in history])
+    names = ["latency_ms", "latency_ms_spread"]
+    if figures["latency_ms_trial"] == figures["latency_ms_trial"]:  # not NaN: the trial had one
+        names.append("latency_ms_trial")
+    client.log_batch(run_id, metrics=[Metric(k, float(figures[k]), now_ms, step) for k in names])
+    log_params(client, run_id, {"latency_measured_by": "driver"})
+    client.set_tag(run_id, "latency_driver_device", device)
+
+
+def remeasure_latency(
+    client: Any,
+    runs: pd.DataFrame,
+    example: torch.Tensor,
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    log: Callable[[str], None] | None = None,
+    rounds: int = ROUNDS,
+    warmup: int = WARMUP,
+    repeats_per_round: int = REPEATS_PER_ROUND,
+) -> dict[str, dict[str, float]]:
+    """Re-time every FINISHED child run's checkpoint in this process, one checkpoint at a time.
+
+    Call it after the sweep's trials have all finished (nothing else should run meanwhile).
+
+    - ``client``: an ``MlflowClient`` of the sweep's tracking URI.
+    - ``runs``: child runs as ``mlflow.search_runs`` returns them (``sweeps.tracking.child_runs``):
+      columns ``run_id``, ``tags.mlflow.runName``, ``params.model``, and where present
+      ``status``, ``params.device``, ``params.latency_threads``, ``params.latency_batch_size``,
+      ``metrics.latency_ms``. Rows whose ``status`` is not FINISHED are skipped.
+    - ``example``: the batch the trials timed (``data.normalize(data.x_test[:64])``, see
+      ``prune_core.experiment.run_pruning``); its size must equal the runs'
+      ``latency_batch_size``, else ValueError (raised before anything is downloaded or logged).
+    - ``in_channels``, ``num_classes``, ``image_size``: the dataset's, to rebuild plain
+      state-dict checkpoints.
+
+    The checkpoints are downloaded to a temporary folder first (deleted at the end). Then, in
+    each of ``rounds`` rounds, every checkpoint in turn is loaded, given ``warmup`` untimed and
+    ``repeats_per_round`` timed passes (``prune_core.measure.forward_times_ms``), and freed: one
+    model in memory at a time. Each is timed on the trial's device type with the trial's thread
+    count (``latency_threads``; this process's own count is restored afterwards); on CUDA the
+    model is put in channels_last memory format, as training on CUDA leaves a trial's model.
+
+    Returns ``{run_id: {"latency_ms", "latency_ms_spread", "latency_ms_p10", "latency_ms_p90",
+    "latency_ms_trial"}}``: the median, p90 / p10, 10th and 90th percentiles of all the run's
+    timed passes (ms per batch), and the trial's own value (NaN if it logged none). Logs them to
+    each run as the module docstring says.
+    """
+    say = log or (lambda msg: None)
+    if "status" in runs:
+        runs = runs[runs["status"] == "FINISHED"]
+    rows = [row for _, row in runs.iterrows()]
+    for row in rows:
+        batch = _param(row, "latency_batch_size")
+        if batch is not None and int(float(batch)) != example.shape[0]:
+            raise ValueError(
+                f"example batch of {example.shape[0]} images; run "
+                f"{row['tags.mlflow.runName']} timed latency_batch_size={batch}: pass the batch "
+                "the trials used"
+            )
+    own_threads = torch.get_num_threads()
+    times: dict[str, list[float]] = {row["run_id"]: [] for row in rows}
+    devices: dict[str, str] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for row in rows:
+                run_id = row["run_id"]
+                artifact = checkpoint_artifact(row["tags.mlflow.runName"])
+                paths[run_id] = client.download_artifacts(run_id, artifact, f"{tmp}/{run_id}")
+            for _ in range(rounds):
+                for row in rows:
+                    run_id = row["run_id"]
+                    threads = _param(row, "latency_threads")
+                    torch.set_num_threads(int(float(threads)) if threads else own_threads)
+                    device = _device_for(row)
+                    model = load_checkpoint(
+                        paths[run_id], str(row["params.model"]), in_channels, num_classes,
+                        image_size,
+                    ).to(device)  # fmt: skip
+                    if device.type == "cuda":
+                        model = model.to(memory_format=torch.channels_last)
+                    times[run_id] += forward_times_ms(
+                        model, example.to(device), warmup=warmup, repeats=repeats_per_round
+                    )
+                    devices[run_id] = device_label(device)
+                    del model
+    finally:
+        torch.set_num_threads(own_threads)
+    out: dict[str, dict[str, float]] = {}
+    for row in rows:
+        run_id, run_name = row["run_id"], row["tags.mlflow.runName"]
+        summary = latency_summary(times[run_id])
+        trial_ms = _trial_latency(row)
+        out[run_id] = {
+            "latency_ms": summary["median_ms"],
+            "latency_ms_spread": summary["spread"],
+            "latency_ms_p10": summary["p10_ms"],
+            "latency_ms_p90": summary["p90_ms"],
+            "latency_ms_trial": trial_ms,
+        }
+        _log_driver_latency(client, run_id, out[run_id], devices[run_id])
+        say(
+            f"latency {run_name}: {summary['median_ms']:.2f} ms (p90/p10 "
+            f"{summary['spread']:.2f}; in the sweep {trial_ms:.2f} ms) on {devices[run_id]}, "
+            f"{_param(row, 'latency_threads') or own_threads} thread(s), batch {example.shape[0]}"
+        )
+    return out
+
+
+__all__ = ["checkpoint_artifact", "load_checkpoint", "remeasure_latency"]
