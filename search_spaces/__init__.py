@@ -4,9 +4,18 @@ fixed grids of the five seed protocols (``GRIDS``, see ``search_spaces.grids``).
 A space function takes an ``optuna.Trial`` (and ``quick``), calls ``trial.suggest_*`` and returns
 a dict of constants derived from the suggestions (no computation, as in optuna-examples). Ray
 Tune's ``OptunaSearch`` merges the suggestions (``trial.params``) with the returned constants into
-the trial's config; that merged dict is a *recipe*: its keys are all in ``RECIPE_KEYS`` (the
-``PruneConfig`` fields a sweep varies), keys left out take ``PruneConfig``'s defaults, and
-``PruneConfig(**recipe)`` is always valid.
+the trial's config; that merged dict is a *recipe*: its keys are in ``RECIPE_KEYS`` (the
+``PruneConfig`` fields a sweep varies) or ``SEARCH_KEYS`` (what the sampler sees instead of a
+field, ignored by the trial), keys left out take ``PruneConfig``'s defaults, and
+``PruneConfig(**{k: v for k, v in recipe.items() if k in RECIPE_KEYS})`` is always valid.
+
+Target sparsity on a log-density scale. The sampler draws ``log_density`` = log10(1 - sparsity)
+uniformly, so every decade of density gets the same share of the trials: 0.9 -> 0.99 sparsity
+(density 0.1 -> 0.01) as much as 0 -> 0.9 (1 -> 0.1), where a uniform sparsity would put a
+tenth of them there, although that is where accuracy starts to fall and the front lies. The
+space returns ``target_sparsity`` as a constant (so it stays the recipe's, and MLflow's, value):
+1 - density with the density rounded to two significant digits (0.0123 -> 0.988, 0.457 ->
+0.54), always within the space's bounds (``target_from_log_density``).
 
 Conditional parameters are suggested only where they mean something, so the sampler never learns
 from a parameter that had no effect:
@@ -29,6 +38,7 @@ whose choices change between trials); integer and float ranges may differ betwee
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -80,10 +90,16 @@ NM_PATTERNS = ((2, 4), (1, 4), (4, 8))
 _NM_M = dict(NM_PATTERNS)
 assert len(_NM_M) == len(NM_PATTERNS), "each N must name one N:M pattern"
 
-# (low, high, step) of target_sparsity: unstructured masks go up to 0.99 (the MNIST fine-tuning
-# study's highest); whole filters only up to 0.9 (beyond that most layers keep 0-1 filters)
-UNSTRUCTURED_TARGET = (0.3, 0.99, 0.01)
-STRUCTURED_TARGET = (0.1, 0.9, 0.05)
+# (low, high) of target_sparsity: unstructured masks go up to 0.99 (the MNIST fine-tuning
+# study's highest); whole filters only up to 0.9 (beyond that most layers keep 0-1 filters).
+# Sampled as log10 of the density, see the module docstring.
+UNSTRUCTURED_TARGET = (0.3, 0.99)
+STRUCTURED_TARGET = (0.1, 0.9)
+# Suggested parameters that are not PruneConfig fields (the trial ignores them; the recipe holds
+# the value they imply, e.g. target_sparsity).
+SEARCH_KEYS = ("log_density",)
+# Significant digits the sampled density is rounded to (two: 0.0123 -> 0.012, 0.457 -> 0.46).
+DENSITY_DIGITS = 2
 # fine-tuning learning rate: log-uniform, wide enough for SGD (~1e-2) and Adam (~1e-3) baselines
 LR_RANGE = (1e-4, 1e-1)
 
@@ -117,9 +133,33 @@ def _schedule(trial: Any, quick: bool) -> None:
         trial.suggest_int("iterations", 2, _iterations_high(quick))
 
 
-def _target(trial: Any, bounds: tuple[float, float, float]) -> None:
-    low, high, step = bounds
-    trial.suggest_float("target_sparsity", low, high, step=step)
+def log_density_range(bounds: tuple[float, float]) -> tuple[float, float]:
+    """The ``log_density`` range of target sparsities ``bounds`` = (low, high):
+    (log10(1 - high), log10(1 - low)), e.g. (-2, log10(0.7)) for (0.3, 0.99)."""
+    low, high = bounds
+    return math.log10(1.0 - high), math.log10(1.0 - low)
+
+
+def target_from_log_density(log_density: float, bounds: tuple[float, float]) -> float:
+    """The target sparsity of ``log_density`` (log10 of the density): 1 - density, with the
+    density rounded to ``DENSITY_DIGITS`` significant digits and kept within ``bounds``, and
+    the result rounded to 4 decimals so that it prints as the clean number it is (0.988)."""
+    low, high = bounds
+    density = float(f"{10.0**log_density:.{DENSITY_DIGITS}g}")
+    density = min(max(density, 1.0 - high), 1.0 - low)
+    return round(1.0 - density, 4)
+
+
+def log_density_of(target_sparsity: float) -> float:
+    """The ``log_density`` that gives ``target_sparsity`` (for enqueuing known recipes)."""
+    return math.log10(1.0 - target_sparsity)
+
+
+def _target(trial: Any, bounds: tuple[float, float]) -> dict[str, Any]:
+    """Suggest ``log_density`` (uniform in ``log_density_range(bounds)``); returns the constant
+    ``target_sparsity`` it gives."""
+    log_density = trial.suggest_float("log_density", *log_density_range(bounds))
+    return {"target_sparsity": target_from_log_density(log_density, bounds)}
 
 
 def _finetune(trial: Any, quick: bool) -> None:
@@ -171,14 +211,14 @@ def resnet18_iterative(trial: Any, quick: bool = False) -> dict[str, Any]:
 
     schedule oneshot or iterative (an explicit choice, so both get half the trials);
     iterations 2..5 (quick: 2..3) only when iterative (one-shot returns the constant 1);
-    target_sparsity in [0.3, 0.99] (step 0.01: the study's 50/75/90% and the 0.9-0.99 region
-    where an over-parameterised ResNet-18 starts to lose accuracy, which is where the front is);
-    fine-tune epochs per iteration 1..5 (quick: 1..2); fine-tune learning rate log-uniform in
-    [1e-3, 1e-1].
+    target_sparsity in [0.3, 0.99] on a log-density scale (the study's 50/75/90% and, with as
+    many trials, the 0.9-0.99 region where an over-parameterised ResNet-18 starts to lose
+    accuracy, which is where the front is); fine-tune epochs per iteration 1..5 (quick: 1..2);
+    fine-tune learning rate log-uniform in [1e-3, 1e-1].
     """
-    _target(trial, UNSTRUCTURED_TARGET)
-    schedule = trial.suggest_categorical("schedule", ["oneshot", "iterative"])
     constants: dict[str, Any] = {"method": "global_magnitude"}
+    constants |= _target(trial, UNSTRUCTURED_TARGET)
+    schedule = trial.suggest_categorical("schedule", ["oneshot", "iterative"])
     if schedule == "iterative":
         trial.suggest_int("iterations", 2, 3 if quick else 5)
     else:
@@ -192,17 +232,17 @@ def resnet18_iterative(trial: Any, quick: bool = False) -> dict[str, Any]:
 def unstructured(trial: Any, quick: bool = False) -> dict[str, Any]:
     """Unstructured masks for the MNIST studies.
 
-    method in UNSTRUCTURED_METHODS; target_sparsity in [0.3, 0.99] (step 0.01); schedule one-shot,
-    iterative or gradual, with iterations 2..5 (quick 2..3) for the last two; retrain:
+    method in UNSTRUCTURED_METHODS; target_sparsity in [0.3, 0.99] (log-density scale); schedule
+    one-shot, iterative or gradual, with iterations 2..5 (quick 2..3) for the last two; retrain:
     finetune (finetune_epochs 1..5, quick 1..2; lr log-uniform in [1e-4, 1e-1]), weight_rewind
     (rewind_epoch in REWIND_EPOCHS) or lr_rewind (rewind_epoch in LR_REWIND_EPOCHS); include_bias.
     """
     trial.suggest_categorical("method", UNSTRUCTURED_METHODS)
-    _target(trial, UNSTRUCTURED_TARGET)
+    out = _target(trial, UNSTRUCTURED_TARGET)
     _schedule(trial, quick)
     _retrain(trial, quick)
     trial.suggest_categorical("include_bias", (False, True))
-    return {}
+    return out
 
 
 @SPACES.register("structured")
@@ -210,7 +250,7 @@ def structured(trial: Any, quick: bool = False) -> dict[str, Any]:
     """Structured (whole filters, N:M) against unstructured masks at the same sparsity.
 
     method in STRUCTURED_METHODS. nm: nm_n in {2, 1, 4} (patterns 2:4, 1:4, 4:8), one-shot at
-    1 - N/M. Otherwise target_sparsity in [0.1, 0.9] (step 0.05) and the schedule as in
+    1 - N/M. Otherwise target_sparsity in [0.1, 0.9] (log-density scale) and the schedule as in
     ``unstructured``; ln_structured adds norm {1, 2}, scope {layer, global} and, for layer
     scope, remove_channels. Always plain fine-tuning: finetune_epochs 1..5 (quick 1..2), lr
     log-uniform in [1e-4, 1e-1].
@@ -219,9 +259,8 @@ def structured(trial: Any, quick: bool = False) -> dict[str, Any]:
     if method == "nm":
         out = _nm(trial)
     else:
-        _target(trial, STRUCTURED_TARGET)
+        out = _target(trial, STRUCTURED_TARGET)
         _schedule(trial, quick)
-        out = {}
     if method == "ln_structured":
         out |= _ln_structured(trial, allow_removal=True, suggest_bias=False)
     _finetune(trial, quick)
@@ -233,18 +272,19 @@ def full(trial: Any, quick: bool = False) -> dict[str, Any]:
     """Every method, schedule and retraining mode, with all their conditional parameters.
 
     method in FULL_METHODS (every registered pruning method). target_sparsity as in the family
-    spaces: [0.3, 0.99] step 0.01 for unstructured masks, [0.1, 0.9] step 0.05 for ln_structured,
-    fixed by the pattern for nm. Schedule and retraining as in ``unstructured``; ln_structured
-    options as in ``structured`` (no channel removal with weight_rewind); include_bias for every
-    method except nm (N:M never prunes biases).
+    spaces (log-density scale): [0.3, 0.99] for unstructured masks, [0.1, 0.9] for
+    ln_structured, fixed by the pattern for nm. Schedule and retraining as in ``unstructured``;
+    ln_structured options as in ``structured`` (no channel removal with weight_rewind);
+    include_bias for every method except nm (N:M never prunes biases).
     """
     method = trial.suggest_categorical("method", FULL_METHODS)
     if method == "nm":
         out = _nm(trial)
     else:
-        _target(trial, STRUCTURED_TARGET if method == "ln_structured" else UNSTRUCTURED_TARGET)
+        out = _target(
+            trial, STRUCTURED_TARGET if method == "ln_structured" else UNSTRUCTURED_TARGET
+        )
         _schedule(trial, quick)
-        out = {}
     retrain = _retrain(trial, quick)
     if method == "ln_structured":
         out |= _ln_structured(trial, allow_removal=retrain != "weight_rewind", suggest_bias=True)
@@ -260,9 +300,13 @@ __all__ = [
     "NM_PATTERNS",
     "RECIPE_KEYS",
     "REWIND_EPOCHS",
+    "SEARCH_KEYS",
     "SPACES",
     "STRUCTURED_METHODS",
     "UNSTRUCTURED_METHODS",
     "get_grid",
     "get_space",
+    "log_density_of",
+    "log_density_range",
+    "target_from_log_density",
 ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prune_core.cliutils import OneLineArgumentParser
+from prune_core.cliutils import OneLineArgumentParser, check_seed, check_writable_dir
 from prune_core.data import DATASETS
 from prune_core.models import MODELS
 from search_spaces import SPACES
@@ -158,9 +160,25 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         parse_objectives(args.objectives)
     except ValueError as err:
         raise UsageError(f"--objectives: {err}") from None
-    experiment = args.experiment or (f"{study.name}-quick" if args.quick else study.name)
+    check_seed("--seed", args.seed, UsageError)
+    if args.address and args.address != "auto" and "://" not in args.address:
+        host, _, port = args.address.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise UsageError(
+                f"--address {args.address!r}: write auto or HOST:PORT with a port 1..65535 "
+                "(e.g. 10.0.0.5:6379)"
+            )
+    experiment = args.experiment
+    if experiment is None:
+        experiment = f"{study.name}-quick" if args.quick else study.name
     if not experiment.strip():
-        raise UsageError("--experiment '': must be a non-empty name")
+        raise UsageError(f"--experiment {experiment!r}: must be a non-empty name")
+    # every folder the sweep writes, tried now rather than after its runs exist (URIs such as
+    # s3://bucket/path are Ray Tune's to check)
+    if "://" not in args.storage_path:
+        check_writable_dir("--storage-path", args.storage_path, UsageError)
+    check_writable_dir("--cache-dir", args.cache_dir, UsageError)
+    check_writable_dir("--results-dir", args.results_dir, UsageError)
     return SweepSpec(
         study=study.name,
         quick=args.quick,
@@ -189,3 +207,10 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         results_dir=os.path.abspath(args.results_dir),
         download=not args.no_download,
     )
+
+
+def new_sweep_name(study: str) -> str:
+    """A new sweep's name: the study, the local start time to the second and 4 random hex digits,
+    so two sweeps started in the same second still get their own parent run, Ray Tune folder
+    (``storage_path/<name>``) and results folder (``results_dir/<name>``)."""
+    return f"{study}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

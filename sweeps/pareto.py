@@ -209,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     analyse)."""
     try:
         args = _parser().parse_args(argv)
+        out_dir = args.out or os.path.join("mlruns", "reports", _folder_name(args.experiment))
+        # tried (and left as it was) before anything is read; loaded without torch
+        from .server import load_cliutils
+
+        load_cliutils().check_writable_dir("--out", out_dir, UsageError)
         try:
             objectives = split_objectives(args.objectives)
         except ValueError as err:
@@ -259,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
         f"experiment {args.experiment!r}, {len(sweeps)} sweep(s): "
         + ", ".join(f"{s} ({i})" for s, i in zip(named["sweep"], sweeps, strict=True))
     )
-    out_dir = args.out or os.path.join("mlruns", "reports", _folder_name(args.experiment))
     title = f"{args.experiment}" + (f" ({runs['sweep'].iloc[0]})" if len(sweeps) == 1 else "")
     paths = write_outputs(analysis, out_dir, settings=_settings(loaded.parents), title=title)
     print(format_analysis(analysis))

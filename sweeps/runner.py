@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,7 @@ from prune_core.data import DatasetUnavailable, load_dataset
 from prune_core.train import pick_device
 
 from .analysis import analyse, parse_objectives, trial_table
-from .cli import Study, SweepSpec, UsageError, resolve_spec
+from .cli import Study, SweepSpec, UsageError, new_sweep_name, resolve_spec
 from .report import format_analysis, write_outputs
 from .tracking import (
     TrackingError,
@@ -194,7 +193,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
     try:
         client = MlflowClient(tracking_uri=target.uri)
         experiment_id = get_or_create_experiment(client, spec.experiment, target.artifact_location)
-        sweep_name = f"{spec.study}-{time.strftime('%Y%m%d-%H%M%S')}"
+        sweep_name = new_sweep_name(spec.study)
         parent = client.create_run(experiment_id, run_name=sweep_name, tags={"sweep": sweep_name})
         parent_id = parent.info.run_id
         status = "FAILED"

@@ -58,9 +58,10 @@ ANY_INTERFACE = ("0.0.0.0", "::", "")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _cliutils() -> Any:
+def load_cliutils() -> Any:
     """``prune_core.cliutils`` (standard library only), loaded without ``prune_core/__init__``,
-    which imports torch: 2-3 s before the first error, and about 0.6 GB resident in a process
+    which imports torch: for commands that never need torch (this server, ``sweeps.pareto``)
+    that would be 2-3 s before the first error, and about 0.6 GB resident in a server process
     that otherwise only waits on ``mlflow server`` (this module alone: about 25 MB)."""
     if "prune_core.cliutils" in sys.modules:  # prune_core is loaded already (tests, notebooks)
         return sys.modules["prune_core.cliutils"]
@@ -232,8 +233,8 @@ def check_db_driver(flag: str, uri: str, error: type[Exception] = ValueError) ->
         url.get_dialect().import_dbapi()
     except NoSuchModuleError:
         raise error(
-            f"{flag} {shown}: SQLAlchemy knows no database driver {url.drivername!r}; write e.g. "
-            "postgresql://... or postgresql+psycopg2://..."
+            f"{flag} {shown}: SQLAlchemy knows no database driver {url.drivername!r} (known: "
+            "e.g. postgresql, postgresql+psycopg2, mysql, mysql+pymysql)"
         ) from None
     except ImportError as err:
         module = (err.name or str(err)).split(".")[0]
@@ -288,10 +289,7 @@ def check_settings(
     in range, the host resolves and is this machine's, the port free, the stores writable (local
     paths, tried and left as they were) or their database driver installed. Raises
     ``ServerError`` with one line naming the flag."""
-    check_writable_dir, check_writable_file = (
-        _cliutils().check_writable_dir,
-        _cliutils().check_writable_file,
-    )
+    cliutils = load_cliutils()
     if not 0 <= port <= 65535:
         raise ServerError(f"--port {port}: must be 0..65535 (0: any free port)")
     if workers < 1:
@@ -302,11 +300,11 @@ def check_settings(
     scheme = _store_scheme(backend_store_uri)
     if scheme == "sqlite":
         db = _sqlite_path(backend_store_uri)
-        check_writable_file("--backend-store-uri", db, ServerError)
+        cliutils.check_writable_file("--backend-store-uri", db, ServerError)
     else:
         check_db_driver("--backend-store-uri", backend_store_uri, ServerError)
     if "://" not in artifacts_destination:  # s3://, gs://, ...: the server's to check
-        check_writable_dir("--artifacts-destination", artifacts_destination, ServerError)
+        cliutils.check_writable_dir("--artifacts-destination", artifacts_destination, ServerError)
     _check_port_free(host if host not in ANY_INTERFACE else "0.0.0.0", port)
 
 
@@ -480,7 +478,7 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m sweeps.server``."""
-    p = _cliutils().OneLineArgumentParser(
+    p = load_cliutils().OneLineArgumentParser(
         prog="python -m sweeps.server",
         description="Run an MLflow tracking server for sweeps on a Ray cluster (one worker, "
         "artifacts served through the server); Ctrl-C stops it.",

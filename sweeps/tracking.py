@@ -42,11 +42,17 @@ def resolve_tracking_uri(uri: str, timeout_s: float = 5.0) -> TrackingTarget:
     ``TrackingError`` with one line naming the URI and what is allowed.
     """
     scheme = urllib.parse.urlparse(uri).scheme
-    if scheme not in ALLOWED_SCHEMES:
+    # postgresql+psycopg2://, mysql+pymysql://: a database server and the driver to reach it with
+    database, _, driver = scheme.partition("+")
+    if database not in ALLOWED_SCHEMES or (driver and database not in ("postgresql", "mysql")):
         raise TrackingError(
             f"--tracking-uri {uri!r}: scheme {scheme or '(none)'!r} is not supported; use "
             f"sqlite:///PATH.db or http://HOST:PORT (allowed schemes: {', '.join(ALLOWED_SCHEMES)})"
         )
+    if database in ("postgresql", "mysql"):  # MLflow would fail on a missing driver at its 1st call
+        from .server import check_db_driver
+
+        check_db_driver("--tracking-uri", uri, TrackingError)
     if scheme == "sqlite":
         prefix = "sqlite:///"
         if not uri.startswith(prefix) or len(uri) <= len(prefix):

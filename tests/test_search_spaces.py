@@ -1,9 +1,11 @@
 """Search spaces and grids, with Optuna alone (no Ray): every sampled recipe is a valid PruneConfig
-whose parameters appear exactly when their condition holds and stay in their documented ranges."""
+whose parameters appear exactly when their condition holds and stay in their documented ranges;
+target sparsity is drawn on a log-density scale."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 import warnings
 
@@ -18,9 +20,12 @@ from search_spaces import (
     GRIDS,
     RECIPE_KEYS,
     REWIND_EPOCHS,
+    SEARCH_KEYS,
     SPACES,
     get_grid,
     get_space,
+    log_density_of,
+    target_from_log_density,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -49,9 +54,20 @@ def samples():
     return {(n, q): sample(n, q) for n in SPACE_NAMES for q in (False, True)}
 
 
-def on_grid(value: float, low: float, high: float, step: float) -> bool:
-    k = (value - low) / step
-    return low - 1e-9 <= value <= high + 1e-9 and abs(k - round(k)) < 1e-6
+def prune_config(recipe: dict) -> PruneConfig:
+    """The recipe's PruneConfig (the sampler's own keys, e.g. log_density, left out)."""
+    return PruneConfig(**{k: v for k, v in recipe.items() if k in RECIPE_KEYS})
+
+
+def check_target(params: dict, recipe: dict, low: float, high: float) -> None:
+    """target_sparsity is the constant that the suggested log_density gives: 1 - density, the
+    density rounded to two significant digits, within [low, high]."""
+    log_density = params["log_density"]
+    assert math.log10(1 - high) - 1e-12 <= log_density <= math.log10(1 - low) + 1e-12
+    density = float(f"{10**log_density:.2g}")
+    assert recipe["target_sparsity"] == pytest.approx(1 - density, abs=1e-9)
+    assert low - 1e-9 <= recipe["target_sparsity"] <= high + 1e-9
+    assert "target_sparsity" not in params
 
 
 # -------------------------------------------------------------------------------------------------
@@ -91,25 +107,26 @@ def check_common(recipe: dict, quick: bool) -> None:
 
 
 def check_resnet18_iterative(params, constants, recipe, quick):
-    assert on_grid(recipe["target_sparsity"], 0.3, 0.99, 0.01)
+    check_target(params, recipe, 0.3, 0.99)
     assert 1 <= recipe["finetune_epochs"] <= (2 if quick else 5)
     assert 1e-3 <= recipe["lr"] <= 1e-1
     # iterations is suggested only for the iterative schedule; one-shot is the constant 1
+    target = {"target_sparsity": recipe["target_sparsity"]}
     if recipe["schedule"] == "iterative":
-        assert set(params) == {"target_sparsity", "schedule", "iterations", "finetune_epochs", "lr"}
+        assert set(params) == {"log_density", "schedule", "iterations", "finetune_epochs", "lr"}
         assert 2 <= recipe["iterations"] <= (3 if quick else 5)
-        assert constants == {"method": "global_magnitude"}
+        assert constants == {"method": "global_magnitude", **target}
     else:
-        assert set(params) == {"target_sparsity", "schedule", "finetune_epochs", "lr"}
-        assert constants == {"method": "global_magnitude", "iterations": 1}
+        assert set(params) == {"log_density", "schedule", "finetune_epochs", "lr"}
+        assert constants == {"method": "global_magnitude", "iterations": 1, **target}
 
 
 def check_unstructured(params, constants, recipe, quick):
     assert recipe["method"] in ("l1_unstructured", "global_magnitude", "random_unstructured")
-    assert on_grid(recipe["target_sparsity"], 0.3, 0.99, 0.01)
+    check_target(params, recipe, 0.3, 0.99)
     assert recipe["retrain"] in ("finetune", "weight_rewind", "lr_rewind")
     assert isinstance(recipe["include_bias"], bool)
-    assert constants == {}
+    assert constants == {"target_sparsity": recipe["target_sparsity"]}
     check_common(recipe, quick)
 
 
@@ -117,10 +134,10 @@ def check_structured(params, constants, recipe, quick):
     assert recipe["method"] in ("ln_structured", "l1_unstructured", "random_unstructured", "nm")
     assert "retrain" not in recipe  # plain fine-tuning only
     if recipe["method"] != "nm":
-        assert on_grid(recipe["target_sparsity"], 0.1, 0.9, 0.05)
-        assert "target_sparsity" in params and "schedule" in params
+        check_target(params, recipe, 0.1, 0.9)
+        assert "schedule" in params
     else:  # constants, not suggestions
-        assert not {"target_sparsity", "schedule", "nm_m"} & set(params)
+        assert not {"log_density", "target_sparsity", "schedule", "nm_m"} & set(params)
     # include_bias only as the constant that channel removal needs
     assert ("include_bias" in recipe) == bool(recipe.get("remove_channels"))
     if recipe["method"] == "ln_structured":
@@ -132,14 +149,14 @@ def check_full(params, constants, recipe, quick):
     assert recipe["method"] in PRUNING_METHODS
     assert recipe["retrain"] in ("finetune", "weight_rewind", "lr_rewind")
     if recipe["method"] == "ln_structured":
-        assert on_grid(recipe["target_sparsity"], 0.1, 0.9, 0.05)
+        check_target(params, recipe, 0.1, 0.9)
         removable = recipe["scope"] == "layer" and recipe["retrain"] != "weight_rewind"
         assert ("remove_channels" in recipe) == removable
         assert "include_bias" in recipe
     elif recipe["method"] == "nm":
         assert "include_bias" not in recipe  # N:M never prunes biases
     else:
-        assert on_grid(recipe["target_sparsity"], 0.3, 0.99, 0.01)
+        check_target(params, recipe, 0.3, 0.99)
         assert isinstance(recipe["include_bias"], bool)
     check_common(recipe, quick)
 
@@ -215,12 +232,13 @@ def test_full_space_covers_every_registered_method():
 @pytest.mark.parametrize("name", SPACE_NAMES)
 def test_space_samples_are_valid_recipes(samples, name, quick):
     for params, constants, recipe in samples[(name, quick)]:
-        assert set(recipe) <= set(RECIPE_KEYS), recipe
+        assert set(recipe) <= set(RECIPE_KEYS) | set(SEARCH_KEYS), recipe
         assert not set(params) & set(constants), (params, constants)  # no silent override
         CHECKS[name](params, constants, recipe, quick)
-        cfg = PruneConfig(**recipe)  # raises if any cross-field rule is broken
+        cfg = prune_config(recipe)  # raises if any cross-field rule is broken
         for key, value in recipe.items():
-            assert getattr(cfg, key) == value
+            if key in RECIPE_KEYS:
+                assert getattr(cfg, key) == value
 
 
 @pytest.mark.parametrize("quick", [False, True])
@@ -262,7 +280,7 @@ def test_tpe_sampler_keeps_ranges_across_branches():
     sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=10, multivariate=True)
     for params, constants, recipe in sample("full", quick=True, n=80, sampler=sampler):
         check_full(params, constants, recipe, quick=True)
-        PruneConfig(**recipe)
+        prune_config(recipe)
 
 
 @pytest.mark.parametrize("name", SPACE_NAMES)
@@ -387,3 +405,35 @@ def test_resnet18_grid_matches_study(quick):
         for s in ("oneshot3", "oneshot5", "iterative3_3", "iterative3_5")
     }
     assert {r["target_sparsity"] for r in recipes} == {0.5, 0.75, 0.9}
+
+
+# -------------------------------------------------------------------------------------------------
+# Target sparsity on a log-density scale
+# -------------------------------------------------------------------------------------------------
+
+
+def test_target_from_log_density_hand_computed():
+    bounds = (0.3, 0.99)
+    assert target_from_log_density(math.log10(0.0123), bounds) == 0.988  # density 0.012
+    assert target_from_log_density(math.log10(0.457), bounds) == 0.54  # density 0.46
+    assert target_from_log_density(-2.0, bounds) == 0.99
+    assert target_from_log_density(math.log10(0.7), bounds) == 0.3
+    # rounding never leaves the bounds
+    assert target_from_log_density(-2.5, bounds) == 0.99
+    assert target_from_log_density(math.log10(0.7049), (0.3, 0.99)) == 0.3
+    # the grids' sparsities come back exactly from their log-density (enqueued recipes)
+    for sparsity in (0.3, 0.5, 0.7, 0.75, 0.9, 0.99):
+        assert target_from_log_density(log_density_of(sparsity), bounds) == sparsity
+    assert target_from_log_density(log_density_of(0.4), (0.1, 0.9)) == 0.4
+
+
+def test_each_decade_of_density_gets_the_same_share(samples):
+    # log_density uniform in [-2, log10(0.7)]: density in [0.01, 0.1] (sparsity 0.9-0.99) is one
+    # decade of 1.845, 54% of the trials, where a uniform sparsity in [0.3, 0.99] put 13%
+    targets = [r["target_sparsity"] for _, _, r in samples[("unstructured", False)]]
+    share = sum(t >= 0.9 for t in targets) / len(targets)
+    expected = 1 / (math.log10(0.7) + 2)
+    assert expected == pytest.approx(0.542, abs=1e-3)
+    assert abs(share - expected) < 0.08  # 300 random draws: 2.8 standard deviations
+    assert min(targets) >= 0.3 and max(targets) <= 0.99
+    assert any(0.98 < t < 0.99 for t in targets)  # the resolution near 0.99 is 0.001
