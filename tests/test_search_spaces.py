@@ -437,3 +437,121 @@ def test_each_decade_of_density_gets_the_same_share(samples):
     assert abs(share - expected) < 0.08  # 300 random draws: 2.8 standard deviations
     assert min(targets) >= 0.3 and max(targets) <= 0.99
     assert any(0.98 < t < 0.99 for t in targets)  # the resolution near 0.99 is 0.001
+
+
+# -------------------------------------------------------------------------------------------------
+# Samplers and the grid as first trials (sweeps.search)
+# -------------------------------------------------------------------------------------------------
+
+
+def test_default_sampler_and_budget_rules():
+    from sweeps.search import default_sampler, population_size, startup_trials
+
+    assert [default_sampler(n) for n in (6, 16, 249, 250, 1000)] == [
+        "tpe", "tpe", "tpe", "nsga2", "nsga2",
+    ]  # fmt: skip
+    # a quarter of the budget, 2..10
+    assert [startup_trials(n) for n in (1, 6, 16, 40, 100)] == [2, 2, 4, 10, 10]
+    # a fifth of the budget, 4..50
+    assert [population_size(n) for n in (6, 16, 100, 1000)] == [4, 4, 20, 50]
+
+
+def test_make_sampler_types_and_settings():
+    from sweeps.search import make_sampler
+
+    tpe = make_sampler("tpe", 0, 16, 2)
+    assert isinstance(tpe, optuna.samplers.TPESampler)
+    assert (tpe._multivariate, tpe._group, tpe._constant_liar) == (True, True, True)
+    assert tpe._n_startup_trials == 4
+    nsga2 = make_sampler("nsga2", 0, 300, 3)
+    assert isinstance(nsga2, optuna.samplers.NSGAIISampler) and nsga2._population_size == 50
+    gp = make_sampler("gp", 0, 16, 2)  # multi-objective GP: Optuna >= 4.4
+    assert isinstance(gp, optuna.samplers.GPSampler) and gp._n_startup_trials == 4
+    assert type(make_sampler("random", 0, 16, 2)) is optuna.samplers.RandomSampler
+
+
+def _first_params(sampler, n=3):
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    space = get_space("unstructured", quick=True)
+    out = []
+    for i in range(n):
+        trial = study.ask()
+        space(trial)
+        study.tell(trial, [0.5 + 0.1 * i, 100.0 - i])
+        out.append(trial.params)
+    return out
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "nsga2", "gp"])
+def test_make_sampler_is_seeded(name):
+    from sweeps.search import make_sampler
+
+    first = _first_params(make_sampler(name, 0, 16, 2))
+    assert _first_params(make_sampler(name, 0, 16, 2)) == first
+    assert _first_params(make_sampler(name, 1, 16, 2)) != first
+
+
+def test_make_sampler_errors(monkeypatch):
+    import sweeps.search
+    from sweeps.search import make_sampler
+
+    with pytest.raises(ValueError, match=r"^sampler 'nope' is unknown; choose from: tpe, random, "
+                       r"nsga2, gp$"):  # fmt: skip
+        make_sampler("nope", 0, 16, 2)
+    with pytest.raises(ValueError, match=r"^num_samples 0: must be an integer >= 1$"):
+        make_sampler("tpe", 0, 0, 2)
+    with pytest.raises(ValueError, match=r"^n_objectives 0: must be an integer >= 1$"):
+        make_sampler("tpe", 0, 16, 0)
+    # an Optuna whose GPSampler has one objective only
+    monkeypatch.setattr(sweeps.search, "_optuna_version", lambda: (4, 3))
+    with pytest.raises(ValueError, match=r"^sampler 'gp': Optuna .* one objective only"):
+        make_sampler("gp", 0, 16, 2)
+    assert isinstance(make_sampler("gp", 0, 16, 1), optuna.samplers.GPSampler)
+
+
+def test_grid_points_are_the_grid_recipes_the_space_can_propose():
+    from sweeps.search import grid_points
+
+    points = grid_points("mnist_finetune", True, "unstructured")
+    assert points[0] == {
+        "method": "global_magnitude", "log_density": math.log10(0.7), "schedule": "oneshot",
+        "retrain": "finetune", "finetune_epochs": 1, "lr": 0.01, "include_bias": False,
+    }  # fmt: skip
+    targets = [target_from_log_density(p["log_density"], (0.3, 0.99)) for p in points]
+    assert targets == [0.3, 0.5, 0.7, 0.9, 0.99]
+    # the ResNet-18 space suggests fewer keys (method and iterations are its constants)
+    assert grid_points("mnist_finetune", True, "resnet18_iterative")[0] == {
+        "log_density": math.log10(0.7), "schedule": "oneshot", "finetune_epochs": 1, "lr": 0.01,
+    }  # fmt: skip
+    # no fine-tuning (finetune_epochs 0) is outside every space's 1..5: no points
+    assert grid_points("mnist_cnn_l1", False, "unstructured") == []
+    # the study's 3 and 5 fine-tune epochs exceed --quick's 1..2; the full space holds all 12
+    assert grid_points("resnet18_iterative", True, "resnet18_iterative") == []
+    full = grid_points("resnet18_iterative", False, "resnet18_iterative")
+    assert len(full) == 12
+    picked = grid_points("resnet18_iterative", False, "resnet18_iterative", limit=3)
+    assert picked == [full[0], full[6], full[11]]  # spread over the grid
+    two = grid_points("mnist_finetune", True, "unstructured", models=("mlp", "cnn"))
+    assert [p["model"] for p in two[:4]] == ["mlp", "cnn", "mlp", "cnn"] and len(two) == 10
+
+
+def test_optuna_search_takes_the_sampler_and_runs_the_grid_first():
+    # Ray Tune's OptunaSearch with a define-by-run space (no Ray cluster needed to suggest)
+    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeps.search import grid_points, make_sampler
+
+    points = grid_points("mnist_finetune", True, "unstructured")
+    search = OptunaSearch(
+        get_space("unstructured", quick=True),
+        metric=["test_accuracy", "nonzero_params"],
+        mode=["max", "min"],
+        sampler=make_sampler("tpe", 0, 8, 2),
+        points_to_evaluate=points,
+    )
+    configs = [search.suggest(f"t{i}") for i in range(len(points) + 1)]
+    grid = get_grid("mnist_finetune", quick=True)
+    for config, recipe in zip(configs[:-1], grid, strict=True):
+        assert prune_config(config) == prune_config(recipe)
+        assert config["target_sparsity"] == recipe["target_sparsity"]
+    assert configs[-1]["log_density"] not in [p["log_density"] for p in points]  # sampled
