@@ -128,12 +128,24 @@ def test_sweeps_import_graph_has_no_cycle():
         ("analysis", set()),  # pure: the one place that ranks
         ("report", {"analysis"}),
         ("scheduler", {"analysis"}),
-        ("pareto", {"analysis", "report", "tracking"}),
-        ("cli", {"analysis", "tracking"}),
+        ("search", set()),
     ],
 )
-def test_layer_imports(module, allowed):
+def test_lower_layers_import_only_below(module, allowed):
     assert import_graph()[module] <= allowed
+
+
+@pytest.mark.parametrize(
+    "module, forbidden",
+    [
+        # the command line reads MLflow and ranks, it never runs a sweep
+        ("pareto", {"runner", "cli", "trial", "scheduler", "search"}),
+        ("cli", {"pareto", "runner", "report", "trial"}),
+        ("tracking", {"runner", "cli", "pareto", "report", "trial"}),
+    ],
+)
+def test_upper_layers_stay_out(module, forbidden):
+    assert not import_graph()[module] & forbidden
 
 
 def test_analysis_is_pure():
