@@ -1,7 +1,7 @@
 """``python -m sweeps.pareto`` on a real MLflow SQLite store built by hand: the printed table,
 pareto.csv (fronts worked out by hand below), pareto.png, report.md, the parent run's artifacts,
-the fixed reference point, ``--by`` fronts, ``--reference``, three objectives, an early-stopped
-trial, and one-line errors on bad input."""
+the fixed reference point, ``--by`` fronts, ``--reference``, three objectives and an
+early-stopped trial (bad input: tests/test_bad_inputs.py)."""
 
 from __future__ import annotations
 
@@ -269,84 +269,3 @@ def test_whole_experiment_three_objectives_default_out(store, tmp_path):
     # two sweeps analysed: no single parent run to attach the report to
     assert {p: artifacts(client, store[p]) for p in ("a", "b")} == before
     assert "logged" not in res.stdout
-
-
-BAD = {
-    "unknown experiment": (["--experiment", "nope"], ["'nope'", EXPERIMENT, "other-experiment"]),
-    "objective no run has": (
-        ["--experiment", EXPERIMENT, "--objectives", "test_accuracy:max,flops:min"],
-        ["'flops'", "latency_ms, nonzero_params, sparsity, test_accuracy, total_params"],
-    ),
-    "malformed objectives": (
-        ["--experiment", EXPERIMENT, "--objectives", "test_accuracy,nonzero_params:min"],
-        ["'test_accuracy'", "METRIC:max or METRIC:min"],
-    ),
-    "unknown sweep": (
-        ["--experiment", EXPERIMENT, "--sweep", "0123abc"],
-        ["'0123abc'", "(sweep-a)", "(sweep-b)"],
-    ),
-    "by a param no run has": (
-        ["--experiment", EXPERIMENT, "--by", "optimizer"],
-        ["'optimizer'", "dataset, finetune_epochs, iterations, lr, method, model"],
-    ),
-    "malformed reference": (
-        ["--experiment", EXPERIMENT, "--reference", "0.5"],
-        ["'0.5'", "2 comma-separated numbers"],
-    ),
-}
-
-
-def test_bad_input_one_line_exit_2_nothing_written(store, tmp_path):
-    client = store["client"]
-    before = {p: artifacts(client, store[p]) for p in ("a", "b")}
-    procs = {}
-    for case, (args, _) in BAD.items():  # in parallel: each pays the MLflow import
-        out = tmp_path / case.replace(" ", "_")
-        procs[case] = (
-            out,
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "sweeps.pareto",
-                    *args,
-                    "--tracking-uri",
-                    store["uri"],
-                    "--out",
-                    str(out),
-                ],
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            ),
-        )
-    for case, (out, proc) in procs.items():
-        stdout, stderr = proc.communicate(timeout=180)
-        assert proc.returncode == 2, (case, stderr)
-        lines = stderr.strip().splitlines()
-        assert len(lines) == 1, (case, stderr)
-        assert lines[0].startswith("python -m sweeps.pareto: error: "), case
-        for needle in BAD[case][1]:
-            assert needle in lines[0], (case, needle, lines[0])
-        assert stdout == "", case
-        assert not out.exists(), case
-    assert {p: artifacts(client, store[p]) for p in ("a", "b")} == before
-
-
-def test_missing_store_is_not_created(tmp_path):
-    db = tmp_path / "absent.db"
-    res = cli(
-        "--experiment",
-        EXPERIMENT,
-        "--tracking-uri",
-        f"sqlite:///{db}",
-        "--out",
-        str(tmp_path / "out"),
-    )
-    assert res.returncode == 2
-    assert res.stderr.strip() == (
-        f"python -m sweeps.pareto: error: --tracking-uri 'sqlite:///{db}': no MLflow store at {db}"
-    )
-    assert not db.exists() and not (tmp_path / "out").exists()
