@@ -1,9 +1,18 @@
-"""Dense baselines cached on disk by the hash of (data, model, training config, seed)."""
+"""Dense baselines cached on disk by the hash of (data, model, training config, seed).
+
+Several sweeps may share one cache folder (on one machine, or on a shared file system): the entry
+of one key is trained by exactly one process, under an exclusive lock on ``<entry>.lock``, and the
+others wait for the lock and then read what it wrote. A cache file that cannot be read (truncated,
+corrupt, written by something else) is reported in one line and trained again.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +20,9 @@ from .checkpoint import cpu_state_dict, load_state, save_state
 from .config import ExperimentConfig
 from .data import TensorData
 from .experiment import train_dense
+
+# How often a process waiting for another one's baseline says that it is still waiting (seconds).
+WAIT_NOTICE_S = 30.0
 
 
 @dataclass
@@ -23,11 +35,64 @@ class Baseline:
     path: str | None  # cache file, if cached
     reused: bool  # True when read from the cache instead of trained
     rewind_states: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch -> weights
+    train_seconds: float = 0.0  # wall time spent training it here (0 when read from the cache)
 
 
 def baseline_path(cache_dir: str, cfg: ExperimentConfig) -> str:
     """Cache file of the baseline of ``cfg``: ``<cache_dir>/<dataset>-<model>-<hash>.pt``."""
     return os.path.join(cache_dir, f"{cfg.data.dataset}-{cfg.model.name}-{cfg.baseline_hash()}.pt")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    The lock dies with its process, so a crashed trainer never leaves the entry locked. While
+    another process holds it, ``log`` hears once every ``WAIT_NOTICE_S`` that this one waits.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log is not None:
+                log(f"another process is training this baseline; waiting for {path}")
+            waited = 0.0
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.5)
+                    waited += 0.5
+                    if log is not None and waited % WAIT_NOTICE_S == 0:
+                        log(f"still waiting for {path} ({waited:.0f} s)")
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class UnreadableCache(ValueError):
+    """A baseline cache file that exists but cannot be used; the message says why, in one line."""
+
+
+def read_cached(path: str, cfg: ExperimentConfig) -> Baseline:
+    """The baseline stored at ``path``; raises ``UnreadableCache`` if the file is truncated,
+    corrupt, or holds another key's baseline."""
+    try:
+        blob = load_state(path)
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle/zip errors, ...
+        text = str(err).strip().splitlines()
+        reason = text[0][:160] if text else type(err).__name__
+        raise UnreadableCache(f"{type(err).__name__}: {reason}") from None
+    if not isinstance(blob, dict) or not {"state", "test_accuracy"} <= set(blob):
+        raise UnreadableCache("not a baseline file (no state or test_accuracy)")
+    if blob.get("key", cfg.baseline_key()) != cfg.baseline_key():
+        raise UnreadableCache("it holds the baseline of another configuration")
+    rewind = {int(k): v for k, v in blob.get("rewind_states", {}).items()}
+    key = cfg.baseline_hash()
+    return Baseline(blob["state"], float(blob["test_accuracy"]), key, path, True, rewind)
 
 
 def load_or_train_baseline(
@@ -36,13 +101,29 @@ def load_or_train_baseline(
     cache_dir: str | None,
     log: Callable[[str], None] | None = None,
 ) -> Baseline:
-    """Read the baseline of ``cfg`` from ``cache_dir``, or train it and write it there."""
-    key = cfg.baseline_hash()
+    """Read the baseline of ``cfg`` from ``cache_dir``, or train it and write it there.
+
+    With a cache, the check-train-write sequence runs under the entry's lock, so two sweeps that
+    start together train it once; an unreadable entry is reported through ``log`` and retrained.
+    """
     path = baseline_path(cache_dir, cfg) if cache_dir else None
-    if path and os.path.exists(path):
-        blob = load_state(path)
-        rewind = {int(k): v for k, v in blob.get("rewind_states", {}).items()}
-        return Baseline(blob["state"], float(blob["test_accuracy"]), key, path, True, rewind)
+    if path is None:
+        return _train(cfg, data, None, log)
+    with exclusive_lock(path + ".lock", log):
+        if os.path.exists(path):
+            try:
+                return read_cached(path, cfg)
+            except UnreadableCache as err:
+                if log is not None:
+                    log(f"cached baseline {path} is unreadable ({err}); training it again")
+        return _train(cfg, data, path, log)
+
+
+def _train(
+    cfg: ExperimentConfig, data: TensorData, path: str | None, log: Callable[[str], None] | None
+) -> Baseline:
+    """Train the baseline of ``cfg`` and, with ``path``, write it there atomically."""
+    start = time.perf_counter()
     rewind: dict[int, dict[str, Any]] = {}
     model, acc = train_dense(cfg, data, log=log, snapshots=rewind)
     state = cpu_state_dict(model)
@@ -50,4 +131,5 @@ def load_or_train_baseline(
         blob = {"state": state, "test_accuracy": acc, "key": cfg.baseline_key()}
         blob["rewind_states"] = {str(k): v for k, v in rewind.items()}
         save_state(blob, path)
-    return Baseline(state, acc, key, path, False, rewind)
+    seconds = time.perf_counter() - start
+    return Baseline(state, acc, cfg.baseline_hash(), path, False, rewind, seconds)

@@ -56,7 +56,7 @@ class SweepSpec:
     data_root: str
     num_samples: int
     cpus_per_trial: float
-    gpus_per_trial: float
+    gpus_per_trial: float | None  # None: default_gpus_per_trial for the cluster
     max_concurrent: int | None
     address: str | None
     tracking_uri: str
@@ -70,6 +70,25 @@ class SweepSpec:
     cache_dir: str
     results_dir: str
     download: bool = True
+    max_failures: int = 1  # retries of a trial that raised, each on a fresh worker
+    resume: str | None = None  # the sweep (name or parent run id) this run continues
+    argv: tuple[str, ...] = ()  # the arguments it was started with (for --resume)
+
+
+# GPU share per trial by model. One H200 (torch 2.11, batch 128) ran four trials at once at 2.5x
+# the throughput of one for ResNet-18 on CIFAR-10 (7.0-7.4 s an epoch each, 4.4-5.8 s alone) and
+# at 2.7x for the small CNN on MNIST (2.1 s against 1.4 s): one trial leaves the GPU waiting on
+# kernel launches. The other models are smaller than ResNet-18 and get the same quarter.
+GPUS_PER_TRIAL = {"resnet18": 0.25, "cnn": 0.25}
+DEFAULT_GPUS_PER_TRIAL = 0.25
+
+
+def default_gpus_per_trial(models: tuple[str, ...], cluster_gpus: float) -> float:
+    """GPU share per trial when ``--gpus-per-trial`` is not given: 0 on a cluster without GPUs,
+    else the largest share any of ``models`` needs (0.25 for every model: four trials per GPU)."""
+    if cluster_gpus <= 0:
+        return 0.0
+    return max((GPUS_PER_TRIAL.get(m, DEFAULT_GPUS_PER_TRIAL) for m in models), default=0.25)
 
 
 def build_parser(study: Study) -> argparse.ArgumentParser:
@@ -86,7 +105,10 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="number of trials (recipes)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument(
-        "--gpus-per-trial", type=float, default=0.0, help="GPU share per trial, e.g. 0.25"
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPU share per trial, e.g. 0.25 (default: 0.25 on a cluster with GPUs, else 0)",
     )
     p.add_argument(
         "--max-concurrent", type=int, help="most trials at once (default: as resources allow)"
@@ -113,14 +135,41 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
         default="mlruns/results",
         help="the sweep's CSV tables go to RESULTS_DIR/<sweep name>/ (and to the parent run)",
     )
+    p.add_argument(
+        "--max-failures", type=int, default=1,
+        help="retries of a trial that raised or whose worker died, each on a fresh worker "
+        "(default 1); then it is FAILED and the others go on",
+    )  # fmt: skip
+    p.add_argument(
+        "--resume", metavar="SWEEP",
+        help="continue an interrupted sweep (its name, printed at its start, or its parent run "
+        "id) with the settings it was started with; finished trials are not run again",
+    )  # fmt: skip
     return p
+
+
+def _without_resume(argv: list[str]) -> list[str]:
+    """``argv`` less ``--resume SWEEP`` / ``--resume=SWEEP`` (what a resumed sweep re-reads)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            out.append(arg)
+    return out
 
 
 def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
     """Parse and validate ``argv``; raises ``UsageError`` (one line) on bad input."""
     import os
+    import sys
 
+    raw_argv = _without_resume(list(sys.argv[1:] if argv is None else argv))
     args = build_parser(study).parse_args(argv)
+    if args.max_failures < 0:
+        raise UsageError(f"--max-failures {args.max_failures}: must be an integer >= 0")
     dataset = args.dataset or ("digits" if args.quick else study.dataset)
     if dataset not in DATASETS:
         raise UsageError(
@@ -145,7 +194,7 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         raise UsageError(
             f"--cpus-per-trial {args.cpus_per_trial:g}: must be > 0 (fractions allowed)"
         )
-    if not args.gpus_per_trial >= 0:
+    if args.gpus_per_trial is not None and not args.gpus_per_trial >= 0:
         raise UsageError(
             f"--gpus-per-trial {args.gpus_per_trial:g}: must be >= 0 (fractions allowed, e.g. 0.25)"
         )
@@ -206,6 +255,9 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         cache_dir=os.path.abspath(args.cache_dir),
         results_dir=os.path.abspath(args.results_dir),
         download=not args.no_download,
+        max_failures=args.max_failures,
+        resume=args.resume,
+        argv=tuple(a for a in raw_argv if a is not None),
     )
 
 

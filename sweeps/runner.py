@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,18 +23,36 @@ from prune_core.data import DatasetUnavailable, load_dataset
 from prune_core.train import pick_device
 
 from .analysis import analyse, parse_objectives, trial_table
-from .cli import Study, SweepSpec, UsageError, new_sweep_name, resolve_spec
+from .cli import (
+    Study,
+    SweepSpec,
+    UsageError,
+    build_parser,
+    default_gpus_per_trial,
+    new_sweep_name,
+    resolve_spec,
+)
 from .report import format_analysis, write_outputs
 from .tracking import (
+    DEFAULT_TRACKING_URI,
     TrackingError,
     TrackingTarget,
     child_runs,
+    end_unfinished_children,
+    find_sweep,
     get_or_create_experiment,
     log_params,
+    prepare_sqlite_store,
     resolve_tracking_uri,
+    sweep_child_runs,
+    tagged_child_runs,
 )
-from .trial import prune_trial
+from .trial import TrialContext, prune_trial, recipe_run_name
 
+# A dense baseline at most this far above chance accuracy (fraction) stops the sweep.
+CHANCE_MARGIN = 0.02
+# Ray Tune writes its experiment state (what --resume restores) at least this often (seconds).
+TUNE_CHECKPOINT_S = 5
 # Spaces that may choose weight rewinding: their baselines keep the early weights it needs.
 REWINDING_SPACES = ("unstructured", "full")
 
@@ -50,6 +72,7 @@ class SweepOutcome:
     sweep_name: str = ""
     results_dir: str = ""  # where the CSV tables, pareto.png and report.md were written
     analysis: Any = None  # sweeps.pareto.Analysis of the finished trials
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (run name, why) per FAILED
 
 
 def say(msg: str) -> None:
@@ -79,6 +102,8 @@ def _check_resources(spec: SweepSpec, resources: dict[str, float]) -> None:
     """Raise ``UsageError`` if one trial asks for more CPUs or GPUs than the whole cluster has
     (Ray Tune would otherwise wait for them forever)."""
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+    if spec.gpus_per_trial is None:
+        spec = dataclasses.replace(spec, gpus_per_trial=default_gpus_per_trial(spec.models, gpus))
     if spec.gpus_per_trial > 0 and gpus < spec.gpus_per_trial:
         raise UsageError(
             f"--gpus-per-trial {spec.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs; "
@@ -170,11 +195,142 @@ def space_with_models(trial: Any, space: Callable, models: tuple[str, ...]) -> d
     return space(trial)
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the sweep; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.resume: str | None = None  # the command that continues the sweep, once it exists
+
+
+class BaselineNotLearned(UsageError):
+    """The dense baseline is within ``CHANCE_MARGIN`` of chance: pruning it would mean nothing."""
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM handling of a sweep driver.
+
+    While Ray Tune runs, the first signal asks Tune to stop (its SIGUSR1 handler: it stops the
+    trials and writes its experiment state one last time, within seconds), and the driver then
+    marks what was left unfinished KILLED. Outside Tune, or on a second signal, the handler
+    raises ``SweepInterrupted`` at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.in_tune = False
+        self._previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        tune_handler = signal.getsignal(signal.SIGUSR1)
+        if first and self.in_tune and callable(tune_handler):
+            say(f"{signal.Signals(signum).name}: stopping the trials (again to stop at once)")
+            signal.raise_signal(signal.SIGUSR1)
+            return
+        raise SweepInterrupted(self.signum)
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def resume_command(spec: SweepSpec, sweep_name: str) -> str:
+    """The exact command that continues this sweep (the settings come from its parent run)."""
+    cmd = f"python -m sweeps.{spec.study} --resume {sweep_name}"
+    if spec.tracking_uri != DEFAULT_TRACKING_URI:
+        cmd += f" --tracking-uri {spec.tracking_uri}"
+    return cmd
+
+
+def _tune_path(storage_path: str, sweep_name: str) -> str:
+    """Ray Tune's folder of the sweep (``storage_path`` may be a URI such as s3://...)."""
+    return f"{storage_path.rstrip('/')}/{sweep_name}"
+
+
+def _last_line(path: str | None) -> str:
+    """The last non-empty line of a Ray Tune error file (the error itself), or ''."""
+    try:
+        with open(path or "") as fh:
+            lines = [line.strip() for line in fh if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:500] if lines else ""
+
+
+def _trial_end_callback(ctx: TrialContext) -> Any:
+    """A Ray Tune callback, in the driver, that keeps MLflow true to how each trial ended: a trial
+    that failed for good (retries spent, or its worker process died) is FAILED with tag ``error``
+    (a child run is made for it if it died before making one); a trial Tune stopped early is KILLED
+    with tag ``early_stopped=rung N`` and keeps its partial history. It holds no client, only
+    ``ctx``: Ray Tune pickles it with the experiment state, and ``--resume`` restores it."""
+    from ray import tune
+
+    class TrialEnd(tune.Callback):
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=ctx.tracking_uri)
+            line = _last_line(trial.error_file) or "the trial's worker failed"
+            runs = tagged_child_runs(
+                client, ctx.experiment_id, ctx.parent_run_id, "trial_id", trial.trial_id
+            )
+            if not runs:
+                recipe = dict(trial.config.get("recipe", trial.config))
+                name = recipe_run_name(recipe.get("model", ctx.model), recipe, ctx.train.epochs)
+                tags = {"mlflow.parentRunId": ctx.parent_run_id, "sweep": ctx.sweep_name,
+                        "trial_id": trial.trial_id}  # fmt: skip
+                runs = [client.create_run(ctx.experiment_id, run_name=name, tags=tags)]
+            for run in runs:
+                if run.info.status in ("RUNNING", "KILLED", "SCHEDULED") or (
+                    run.info.status == "FAILED" and "error" not in run.data.tags
+                ):
+                    client.set_tag(run.info.run_id, "failure", "error")
+                    client.set_tag(run.info.run_id, "error", line)
+                    client.set_terminated(run.info.run_id, "FAILED")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=ctx.tracking_uri)
+            runs = tagged_child_runs(
+                client, ctx.experiment_id, ctx.parent_run_id, "trial_id", trial.trial_id
+            )
+            rung = (trial.last_result or {}).get("rung")
+            for run in runs:
+                if run.info.status == "RUNNING":  # Tune stopped it before its end
+                    client.set_tag(run.info.run_id, "early_stopped", f"rung {rung}")
+                    client.set_terminated(run.info.run_id, "KILLED")
+
+    return TrialEnd()
+
+
+def _check_baseline(model: str, accuracy: float, num_classes: int, epochs: int) -> None:
+    """Raise ``BaselineNotLearned`` when ``accuracy`` is within ``CHANCE_MARGIN`` of chance."""
+    chance = 1.0 / num_classes
+    if accuracy <= chance + CHANCE_MARGIN:
+        raise BaselineNotLearned(
+            f"dense {model} test accuracy {accuracy:.4f} is within {CHANCE_MARGIN * 100:.0f} "
+            f"points of chance ({chance:.4f} for {num_classes} classes): it did not learn; train "
+            f"it longer (--baseline-epochs, now {epochs}) or with another learning rate"
+        )
+
+
 def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
-    """Run the sweep ``spec`` end to end and return its outcome.
+    """Run the sweep ``spec`` end to end (or, with ``spec.resume``, continue an interrupted one)
+    and return its outcome.
 
     Everything that can be checked is checked before any MLflow run exists: the tracking URI,
-    the dataset, the objectives, the Ray cluster and its resources.
+    the dataset, the objectives, the Ray cluster and its resources. SIGINT/SIGTERM raise
+    ``SweepInterrupted`` after the parent run and every unfinished child run are marked KILLED.
     """
     import ray
     from mlflow.tracking import MlflowClient
@@ -183,136 +339,228 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
 
     from search_spaces import get_grid, get_space
 
+    started = time.perf_counter()
     objectives = parse_objectives(spec.objectives)
     target = resolve_tracking_uri(spec.tracking_uri)
     data = load_dataset(spec.dataset, root=spec.data_root, download=spec.download, seed=spec.seed)
     say(f"dataset {spec.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images")
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    connected = _init_ray(spec, target)
-    try:
-        client = MlflowClient(tracking_uri=target.uri)
-        experiment_id = get_or_create_experiment(client, spec.experiment, target.artifact_location)
-        sweep_name = new_sweep_name(spec.study)
-        parent = client.create_run(experiment_id, run_name=sweep_name, tags={"sweep": sweep_name})
-        parent_id = parent.info.run_id
-        status = "FAILED"
+    # the driver's own handler turns SIGINT into Tune's graceful stop (see _Interrupts)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Tune's experiment state (what --resume restores) at most this many seconds old
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_CHECKPOINT_S))
+    with _Interrupts() as interrupts:
+        connected = _init_ray(spec, target)
         try:
-            settings = dataclasses.asdict(spec)
-            settings["models"] = ",".join(settings["models"])
-            log_params(client, parent_id, settings)
-            device = pick_device(None)
-            device_data = data.to(device)
-            baselines, accuracies, reused = {}, {}, []
-            for model in spec.models:
-                cfg = base_config(spec, model)
-                say(f"dense {model} {cfg.baseline_hash()}: {spec.baseline_epochs} epochs")
-                b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=say)
-                source = "cache" if b.reused else "trained"
-                say(f"dense {model} {source}: test accuracy {b.test_accuracy:.4f} ({b.path})")
-                baselines[model] = {
-                    "state": b.state,
-                    "test_accuracy": b.test_accuracy,
-                    "rewind_states": b.rewind_states,
-                }
-                accuracies[model] = b.test_accuracy
-                reused.append(b.reused)
-                client.set_tag(parent_id, f"baseline_source.{model}", source)
-                client.log_metric(parent_id, f"dense_test_accuracy.{model}", b.test_accuracy)
-            client.set_tag(parent_id, "baseline_source", "cache" if all(reused) else "trained")
-            client.log_metric(parent_id, "dense_test_accuracy", accuracies[spec.models[0]])
-            del device_data
-
-            base = base_config(spec, spec.models[0])  # data and training are the same per model
-            context = {
-                "data": dataclasses.asdict(base.data),
-                "model": {"name": spec.models[0]},
-                "train": dataclasses.asdict(base.train),
-                "seed": spec.seed,
-                "cpus_per_trial": spec.cpus_per_trial,
-                "gpus_per_trial": spec.gpus_per_trial,
-                "tracking_uri": target.uri,
-                "experiment_id": experiment_id,
-                "parent_run_id": parent_id,
-                "sweep_name": sweep_name,
-            }
-            trainable = tune.with_resources(
-                tune.with_parameters(prune_trial, context=context, baselines=baselines, data=data),
-                {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
+            if spec.gpus_per_trial is None:  # pack trials onto the cluster's GPUs, if it has any
+                gpus = default_gpus_per_trial(spec.models, ray.cluster_resources().get("GPU", 0))
+                spec = dataclasses.replace(spec, gpus_per_trial=gpus)
+            prepare_sqlite_store(target)  # after every check that needs no store
+            client = MlflowClient(tracking_uri=target.uri)
+            resumed = find_sweep(client, spec.resume) if spec.resume else None
+            if spec.resume and resumed is None:
+                raise UsageError(f"--resume {spec.resume!r}: no sweep of that name or run id in "
+                                 f"{spec.tracking_uri}")  # fmt: skip
+            experiment_id = get_or_create_experiment(
+                client, spec.experiment, target.artifact_location
             )
-            if spec.grid:
-                recipes = [
-                    {**r, "model": m} for m in spec.models for r in get_grid(spec.study, spec.quick)
-                ]
-                tune_config = tune.TuneConfig(
-                    num_samples=1, max_concurrent_trials=spec.max_concurrent, reuse_actors=True
-                )
-                param_space = {"recipe": tune.grid_search(recipes)}
-                say(f"grid: {len(recipes)} recipes of the study's protocol")
+            if resumed is not None:
+                parent_id, sweep_name = resumed.info.run_id, resumed.data.tags["sweep"]
+                client.update_run(parent_id, status="RUNNING")
+                stale = end_unfinished_children(
+                    client, experiment_id, parent_id, "KILLED",
+                    {"killed_by": "resume: the sweep's driver had stopped"},
+                )  # fmt: skip
+                times = int(resumed.data.tags.get("resumed", 0)) + 1
+                client.set_tag(parent_id, "resumed", str(times))
+                say(f"resuming sweep {sweep_name} (parent run {parent_id}); {stale} child run(s) "
+                    "left RUNNING by the stopped driver marked KILLED")  # fmt: skip
             else:
-                space = get_space(spec.space, quick=spec.quick)
-                if len(spec.models) > 1:
-                    space = functools.partial(space_with_models, space=space, models=spec.models)
-                search = OptunaSearch(
-                    space,
-                    metric=[o.metric for o in objectives],
-                    mode=[o.mode for o in objectives],
-                    seed=spec.seed,
-                )
-                tune_config = tune.TuneConfig(
-                    search_alg=search,
-                    num_samples=spec.num_samples,
-                    max_concurrent_trials=spec.max_concurrent,
-                    reuse_actors=True,
-                )
-                param_space = None
-                say(f"Optuna search over space {spec.space!r}: {spec.num_samples} trials")
-            say(
-                f"{spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
-                f"MLflow experiment {spec.experiment!r}, parent run {parent_id}"
-            )
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space,
-                tune_config=tune_config,
-                run_config=tune.RunConfig(
-                    name=sweep_name, storage_path=spec.storage_path, verbose=1
-                ),
-            )
-            grid = tuner.fit()
-            failed = sum(1 for r in grid if r.error is not None)
+                sweep_name = new_sweep_name(spec.study)
+                parent = client.create_run(
+                    experiment_id, run_name=sweep_name,
+                    tags={"sweep": sweep_name, "study": spec.study, "argv": json.dumps(spec.argv)},
+                )  # fmt: skip
+                parent_id = parent.info.run_id
+            say(f"sweep {sweep_name}; if it stops, continue it with: "
+                f"{resume_command(spec, sweep_name)}")  # fmt: skip
+            status = "FAILED"
+            try:
+                settings = dataclasses.asdict(spec)
+                settings["models"] = ",".join(settings["models"])
+                del settings["argv"], settings["resume"]
+                if resumed is None:
+                    log_params(client, parent_id, settings)
+                device = pick_device(None)
+                device_data = data.to(device)
+                baselines, accuracies, reused = {}, {}, []
+                baseline_seconds = 0.0
+                for model in spec.models:
+                    cfg = base_config(spec, model)
+                    say(f"dense {model} {cfg.baseline_hash()}: {spec.baseline_epochs} epochs")
+                    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=say)
+                    baseline_seconds += b.train_seconds
+                    source = "cache" if b.reused else "trained"
+                    say(f"dense {model} {source}: test accuracy {b.test_accuracy:.4f} ({b.path})")
+                    _check_baseline(model, b.test_accuracy, data.num_classes, spec.baseline_epochs)
+                    baselines[model] = {
+                        "state": b.state,
+                        "test_accuracy": b.test_accuracy,
+                        "rewind_states": b.rewind_states,
+                    }
+                    accuracies[model] = b.test_accuracy
+                    reused.append(b.reused)
+                    client.set_tag(parent_id, f"baseline_source.{model}", source)
+                    client.log_metric(parent_id, f"dense_test_accuracy.{model}", b.test_accuracy)
+                client.set_tag(parent_id, "baseline_source", "cache" if all(reused) else "trained")
+                client.log_metric(parent_id, "dense_test_accuracy", accuracies[spec.models[0]])
+                client.log_metric(parent_id, "baseline_seconds", baseline_seconds)
+                del device_data
 
-            runs = trial_table(child_runs(target.uri, experiment_id, parent_id), accuracies)
-            out_dir = os.path.join(spec.results_dir, sweep_name)
-            os.makedirs(out_dir, exist_ok=True)
-            analysis, tables = None, {}
-            if len(runs):
-                # the same analysis as `python -m sweeps.pareto`: pareto.csv, .png, report.md
-                analysis = analyse(runs, objectives, dense=accuracies)
-                title = f"{spec.experiment} / {sweep_name}"
-                for path in write_outputs(analysis, out_dir, settings=settings, title=title):
+                base = base_config(spec, spec.models[0])  # data and training are the same per model
+                context = TrialContext(
+                    data=base.data, train=base.train, model=spec.models[0], seed=spec.seed,
+                    cpus_per_trial=spec.cpus_per_trial, gpus_per_trial=spec.gpus_per_trial,
+                    tracking_uri=target.uri, experiment_id=experiment_id,
+                    parent_run_id=parent_id, sweep_name=sweep_name,
+                )  # fmt: skip
+                trainable = tune.with_resources(
+                    tune.with_parameters(
+                        prune_trial, context=context, baselines=baselines, data=data
+                    ),
+                    {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
+                )
+                callbacks = [_trial_end_callback(context)]
+                if spec.grid:
+                    recipes = [
+                        {**r, "model": m}
+                        for m in spec.models
+                        for r in get_grid(spec.study, spec.quick)
+                    ]
+                    tune_config = tune.TuneConfig(
+                        num_samples=1, max_concurrent_trials=spec.max_concurrent, reuse_actors=True
+                    )
+                    param_space = {"recipe": tune.grid_search(recipes)}
+                    say(f"grid: {len(recipes)} recipes of the study's protocol")
+                else:
+                    space = get_space(spec.space, quick=spec.quick)
+                    if len(spec.models) > 1:
+                        space = functools.partial(
+                            space_with_models, space=space, models=spec.models
+                        )
+                    search = OptunaSearch(
+                        space,
+                        metric=[o.metric for o in objectives],
+                        mode=[o.mode for o in objectives],
+                        seed=spec.seed,
+                    )
+                    tune_config = tune.TuneConfig(
+                        search_alg=search,
+                        num_samples=spec.num_samples,
+                        max_concurrent_trials=spec.max_concurrent,
+                        reuse_actors=True,
+                    )
+                    param_space = None
+                    say(f"Optuna search over space {spec.space!r}: {spec.num_samples} trials")
+                say(
+                    f"{spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
+                    f"MLflow experiment {spec.experiment!r}, parent run {parent_id}"
+                )
+                tune_path = _tune_path(spec.storage_path, sweep_name)
+                if resumed is not None:
+                    if not tune.Tuner.can_restore(tune_path):
+                        raise UsageError(
+                            f"--resume {spec.resume}: no Ray Tune state in {tune_path}; on a "
+                            "cluster, --storage-path must be storage every node shares (NFS)"
+                        )
+                    # finished trials stay finished; trials that were running run again
+                    tuner = tune.Tuner.restore(
+                        tune_path, trainable, resume_unfinished=True, resume_errored=False,
+                        restart_errored=False, param_space=param_space,
+                    )  # fmt: skip
+                else:
+                    tuner = tune.Tuner(
+                        trainable,
+                        param_space=param_space,
+                        tune_config=tune_config,
+                        run_config=tune.RunConfig(
+                            name=sweep_name, storage_path=spec.storage_path, verbose=1,
+                            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                            # Tune copies its experiment state to storage_path at most this often
+                            # (default 300 s): that copy is what --resume restores
+                            sync_config=tune.SyncConfig(sync_period=TUNE_CHECKPOINT_S),
+                            callbacks=callbacks,
+                        ),  # fmt: skip
+                    )
+                interrupts.in_tune = True
+                tuner.fit()
+                interrupts.in_tune = False
+                if interrupts.signum is not None:
+                    raise SweepInterrupted(interrupts.signum)
+
+                runs = trial_table(child_runs(target.uri, experiment_id, parent_id), accuracies)
+                failures = _failed_children(client, experiment_id, parent_id)
+                out_dir = os.path.join(spec.results_dir, sweep_name)
+                os.makedirs(out_dir, exist_ok=True)
+                analysis, tables = None, {}
+                if len(runs):
+                    # the same analysis as `python -m sweeps.pareto`: pareto.csv, .png, report.md
+                    analysis = analyse(runs, objectives, dense=accuracies)
+                    title = f"{spec.experiment} / {sweep_name}"
+                    for path in write_outputs(analysis, out_dir, settings=settings, title=title):
+                        client.log_artifact(parent_id, path)
+                    client.log_metric(parent_id, "pareto_hypervolume", analysis.hypervolume)
+                    client.log_metric(
+                        parent_id, "pareto_size", int(analysis.table["pareto"].sum())
+                    )
+                    make_tables = study.tables if study and study.tables else _default_tables
+                    tables = make_tables(runs)
+                for name, frame in tables.items():
+                    path = os.path.join(out_dir, name)
+                    frame.to_csv(path, index=False)
                     client.log_artifact(parent_id, path)
-                client.log_metric(parent_id, "pareto_hypervolume", analysis.hypervolume)
-                client.log_metric(parent_id, "pareto_size", int(analysis.table["pareto"].sum()))
-                make_tables = study.tables if study and study.tables else _default_tables
-                tables = make_tables(runs)
-            for name, frame in tables.items():
-                path = os.path.join(out_dir, name)
-                frame.to_csv(path, index=False)
-                client.log_artifact(parent_id, path)
-            client.log_metric(parent_id, "finished_trials", len(runs))
-            client.log_metric(parent_id, "failed_trials", failed)
-            status = "FINISHED"
-            return SweepOutcome(
-                parent_id, experiment_id, target.uri, all(reused), accuracies,
-                analysis.table if analysis else runs, failed, tables, sweep_name, out_dir,
-                analysis,
-            )  # fmt: skip
+                client.log_metric(parent_id, "finished_trials", len(runs))
+                client.log_metric(parent_id, "failed_trials", len(failures))
+                client.log_metric(parent_id, "sweep_seconds", time.perf_counter() - started)
+                status = "FINISHED"
+                return SweepOutcome(
+                    parent_id, experiment_id, target.uri, all(reused), accuracies,
+                    analysis.table if analysis else runs, len(failures), tables, sweep_name,
+                    out_dir, analysis, failures,
+                )  # fmt: skip
+            except KeyboardInterrupt as err:
+                status = "KILLED"
+                interrupts.in_tune = False
+                signum = getattr(err, "signum", interrupts.signum or signal.SIGINT)
+                killed = end_unfinished_children(
+                    client, experiment_id, parent_id, "KILLED",
+                    {"killed_by": signal.Signals(signum).name},
+                )  # fmt: skip
+                say(f"interrupted ({signal.Signals(signum).name}): parent run and {killed} "
+                    "unfinished child run(s) marked KILLED")  # fmt: skip
+                interrupted = SweepInterrupted(signum)
+                interrupted.resume = resume_command(spec, sweep_name)
+                raise interrupted from None
+            except BaselineNotLearned:
+                client.set_tag(parent_id, "failure", "baseline_not_learned")
+                raise
+            finally:
+                client.set_terminated(parent_id, status)
         finally:
-            client.set_terminated(parent_id, status)
-    finally:
-        if connected:
-            ray.shutdown()
+            if connected:
+                ray.shutdown()
+
+
+def _failed_children(client: Any, experiment_id: str, parent_id: str) -> list[tuple[str, str]]:
+    """(run name, why) of every FAILED child run of the sweep."""
+    out = []
+    for run in sweep_child_runs(client, experiment_id, parent_id):
+        if run.info.status == "FAILED":
+            why = run.data.tags.get("failure", "error")
+            error = run.data.tags.get("error", "")
+            out.append((run.info.run_name, f"{why}: {error}" if error else why))
+    return sorted(out)
 
 
 def results_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -341,17 +589,59 @@ def _default_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"results.csv": results_table(runs)}
 
 
+def resume_argv(study: Study, argv: list[str]) -> list[str]:
+    """``argv`` with the stopped sweep's own arguments in front when it holds ``--resume SWEEP``:
+    a sweep continues with the settings it was started with (flags given now come later and
+    win, e.g. ``--address``). Raises ``UsageError`` (one line) for an unknown or finished sweep."""
+    from mlflow.tracking import MlflowClient
+
+    args = build_parser(study).parse_args(argv)
+    if not args.resume:
+        return argv
+    target = resolve_tracking_uri(args.tracking_uri)
+    parent = find_sweep(MlflowClient(tracking_uri=target.uri), args.resume)
+    if parent is None:
+        raise UsageError(
+            f"--resume {args.resume!r}: no sweep of that name or parent run id in "
+            f"{args.tracking_uri} (the sweep name is printed when a sweep starts)"
+        )
+    if parent.data.tags.get("study", study.name) != study.name:
+        raise UsageError(
+            f"--resume {args.resume!r} is a sweep of {parent.data.tags['study']}; run "
+            f"python -m sweeps.{parent.data.tags['study']} --resume {args.resume}"
+        )
+    if parent.info.status == "FINISHED":
+        raise UsageError(f"--resume {args.resume!r}: that sweep has finished; nothing to resume")
+    if "argv" not in parent.data.tags:
+        raise UsageError(f"--resume {args.resume!r}: the sweep was started by a version that "
+                         "did not record its settings; it cannot be resumed")  # fmt: skip
+    return [*json.loads(parent.data.tags["argv"]), *argv]
+
+
 def main(study: Study, argv: list[str] | None = None) -> int:
-    """Command-line entry point of a sweep module; returns the exit status."""
+    """Command-line entry point of a sweep module; returns the exit status (0 done, 1 some trial
+    failed, 2 bad input, 130 after SIGINT, 143 after SIGTERM)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        spec = resolve_spec(study, argv)
+        spec = resolve_spec(study, resume_argv(study, argv))
         outcome = run_sweep(spec, study)
     except (UsageError, TrackingError, DatasetUnavailable) as err:
         print(f"python -m sweeps.{study.name}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        resume = getattr(err, "resume", None)
+        if resume:
+            print(f"interrupted by {signal.Signals(signum).name}; continue the sweep with:\n"
+                  f"  {resume}", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"interrupted by {signal.Signals(signum).name} before the sweep started; "
+                  "nothing to resume", file=sys.stderr)  # fmt: skip
+        return 128 + signum
+    if outcome.failures:
+        print(f"{len(outcome.failures)} trial(s) failed:", file=sys.stderr)
+        for name, why in outcome.failures:
+            print(f"  {name}: {why}", file=sys.stderr)
     if outcome.runs.empty:
         print(f"no trial finished ({outcome.failed_trials} failed); see the Ray output above",
               file=sys.stderr)  # fmt: skip
@@ -374,7 +664,4 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         f"{outcome.results_dir}). "
         f"UI: {ui}"
     )
-    if outcome.failed_trials:
-        print(f"warning: {outcome.failed_trials} trial(s) failed", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if outcome.failures else 0

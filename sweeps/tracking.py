@@ -105,12 +105,42 @@ def resolve_tracking_uri(uri: str, timeout_s: float = 5.0) -> TrackingTarget:
 
 def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
     """Id of experiment ``name``, created (with ``artifact_location``) if it does not exist."""
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # another sweep created it a moment ago: use that one
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def prepare_sqlite_store(target: TrackingTarget) -> None:
+    """Create the SQLite store's tables once, under a lock, and switch it to write-ahead logging.
+
+    Two sweeps that start together on a new store would otherwise both run MLflow's schema
+    migrations at once; WAL lets readers (the UI, ``sweeps.pareto``, other sweeps' searches) go on
+    while one process writes, so concurrent sweeps do not fail with "database is locked".
+    """
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    from prune_core.baseline import exclusive_lock
+
+    if not target.is_local_file:
+        return
+    db = target.uri[len("sqlite:///") :]
+    with exclusive_lock(db + ".lock"):
+        MlflowClient(tracking_uri=target.uri).search_experiments(max_results=1)
+        with sqlite3.connect(db, timeout=60) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
 
 
 def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
@@ -142,6 +172,68 @@ def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> Any
         ),
         max_results=10000,
     )
+
+
+def tagged_child_runs(
+    client: Any, experiment_id: str, parent_run_id: str, tag: str, value: str
+) -> list:
+    """The live (not deleted) child runs of ``parent_run_id`` whose tag ``tag`` is ``value``
+    (e.g. ``trial_id``, the Ray Tune trial; ``config_hash``, the recipe)."""
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.{tag} = '{value}'",
+        max_results=1000,
+    )
+
+
+def sweep_child_runs(client: Any, experiment_id: str, parent_run_id: str) -> list:
+    """Every live child run of the sweep ``parent_run_id``, whatever its status."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def end_unfinished_children(
+    client: Any, experiment_id: str, parent_run_id: str, status: str, tags: dict[str, str]
+) -> int:
+    """Set every RUNNING child run of the sweep to ``status`` (e.g. KILLED) with ``tags``, so no
+    run is left RUNNING after an interrupt or a crash; returns how many were changed."""
+    changed = 0
+    for run in sweep_child_runs(client, experiment_id, parent_run_id):
+        if run.info.status == "RUNNING":
+            for key, value in tags.items():
+                client.set_tag(run.info.run_id, key, value)
+            client.set_terminated(run.info.run_id, status)
+            changed += 1
+    return changed
+
+
+def find_sweep(client: Any, key: str) -> Any | None:
+    """The parent run of the sweep named ``key`` (its ``sweep`` tag) or with run id ``key``,
+    searched in every experiment of the store; None if there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(key)
+    except MlflowException:
+        run = None
+    if run is not None and "mlflow.parentRunId" not in run.data.tags:
+        return run
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    found = client.search_runs(experiments, filter_string=f"tags.sweep = '{key}'", max_results=1000)
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]  # not its trials
+    return parents[0] if parents else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,28 @@
-"""The Ray Tune trainable: one pruning recipe on the shared dense baseline, tracked in MLflow."""
+"""The Ray Tune trainable: one pruning recipe on the shared dense baseline, tracked in MLflow.
+
+A Tune trial id maps to exactly one live MLflow child run (tag ``trial_id``), whatever happens to
+the trial:
+
+* a trial that runs again (retried after a fault, or re-run by ``--resume`` after an interrupt)
+  *replaces* its earlier unfinished child run: the old run is deleted (MLflow keeps it in the
+  experiment's trash; the new run's tag ``replaces`` names it), so histories never mix attempts;
+* a trial whose recipe already has a FINISHED child run in the sweep (it ended after the driver's
+  last Ray Tune checkpoint, then the driver died; see ``earlier_runs``) is not trained again: it
+  reports the recorded final metrics to Tune;
+* a loss that turns NaN or infinite ends the trial at once: child run FAILED with tag
+  ``failure=diverged``, and NaN objectives reported to Tune, which Optuna records as a FAILED trial
+  (so the search learns the recipe was bad, and Tune does not retry a deterministic failure);
+* any other exception marks the child run FAILED with tag ``error`` (the error's last line) and is
+  raised again, so Ray Tune retries the trial up to ``--max-failures`` times on a fresh worker.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,8 +32,9 @@ from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, PruneCo
 from prune_core.experiment import run_pruning
 from prune_core.schedules import sparsity_schedule
 from prune_core.structured import save_pruned_model
+from prune_core.train import TrainingDiverged
 
-from .tracking import log_metrics, log_params
+from .tracking import log_metrics, log_params, tagged_child_runs
 
 # Per-step metrics of the MLflow contract, reported to Tune and logged with step = prune iteration.
 CONTRACT_METRICS = ("test_accuracy", "sparsity", "nonzero_params", "total_params")
@@ -28,116 +47,211 @@ PRUNE_FIELDS = (
 )  # fmt: skip
 # Measurements of the final model, logged once at the last step (MLflow metric names).
 MEASURED_METRICS = ("size_bytes", "sparse_size_bytes", "flops", "effective_flops", "latency_ms")
+# Metrics logged once at the end besides the measurements.
+FINAL_EXTRA_METRICS = ("permanent_test_accuracy", "accuracy_change")
 
 
-def recipe_run_name(model: str, recipe: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one sweep shares: the dense baseline's data and training config, the
+    resources per trial, and where to track (sent to the trials through Ray's object store)."""
+
+    data: DataConfig
+    train: TrainConfig
+    model: str  # the model of recipes that do not choose one
+    seed: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep_name: str
+
+
+def retraining(cfg: ExperimentConfig) -> tuple[int, float]:
+    """(epochs per prune step, learning rate at the first retraining step) that ``cfg`` runs.
+
+    Fine-tuning runs ``finetune_epochs`` at ``lr``. Rewinding (weights or learning rate) replays
+    the dense cosine schedule from ``rewind_epoch`` to its end: ``train.epochs - rewind_epoch``
+    epochs starting at the dense schedule's rate at that epoch (``prune_core.train.train_epochs``'
+    cosine, 0.5 * (1 + cos(pi * rewind_epoch / train.epochs)) times ``train.lr``).
+    """
+    p, t = cfg.prune, cfg.train
+    if p.retrain == "finetune":
+        return p.finetune_epochs, p.lr
+    start = 0.5 * (1.0 + math.cos(math.pi * p.rewind_epoch / t.epochs))
+    return t.epochs - p.rewind_epoch, t.lr * start
+
+
+def recipe_run_name(model: str, recipe: dict[str, Any], dense_epochs: int | None = None) -> str:
     """Checkpoint/run name in the studies' style, e.g. ``resnet18_prune_75perc_iterative3_5``.
 
-    The number after the schedule is fine-tune epochs per step; after the underscore, iterations.
-    Methods other than global magnitude, rewinding and N:M patterns are named too.
+    The number after the schedule is the retraining epochs per step (fine-tune epochs; for
+    rewinding, the ``dense_epochs - rewind_epoch`` epochs of the replayed dense schedule); after
+    the underscore, iterations. Methods other than global magnitude, rewinding and N:M patterns
+    are named too.
     """
     method = recipe.get("method", "global_magnitude")
     schedule = recipe.get("schedule", "oneshot")
+    retrain = recipe.get("retrain", "finetune")
     perc = round(100 * float(recipe["target_sparsity"]))
     kind = "prune" if method == "global_magnitude" else method
     if method == "ln_structured":
         kind = f"l{recipe.get('norm', 1)}_structured"
     if method == "nm":
         kind = f"nm{recipe.get('nm_n', 2)}of{recipe.get('nm_m', 4)}"
-    name = f"{model}_{kind}_{perc}perc_{schedule}{recipe.get('finetune_epochs', 1)}"
+    epochs = recipe.get("finetune_epochs", 1)
+    if retrain != "finetune" and dense_epochs is not None:
+        epochs = dense_epochs - recipe.get("rewind_epoch", 1)
+    name = f"{model}_{kind}_{perc}perc_{schedule}{epochs}"
     if schedule != "oneshot":
         name += f"_{recipe.get('iterations', 1)}"
-    if recipe.get("retrain", "finetune") != "finetune":
-        name += f"_{recipe['retrain']}{recipe.get('rewind_epoch', 1)}"
+    if retrain != "finetune":
+        name += f"_{retrain}{recipe.get('rewind_epoch', 1)}"
     if recipe.get("remove_channels"):
         name += "_removed"
     return name
 
 
-def experiment_config(context: dict[str, Any], recipe: dict[str, Any]) -> ExperimentConfig:
+def experiment_config(context: TrialContext, recipe: dict[str, Any]) -> ExperimentConfig:
     """The prune_core config of one trial: the sweep's data/model/training plus the recipe."""
     prune = {k: recipe[k] for k in PRUNE_FIELDS if k in recipe}
-    model = {"name": recipe.get("model", context["model"]["name"])}
     return ExperimentConfig(
-        data=DataConfig(**context["data"]),
-        model=ModelConfig(**model),
-        train=TrainConfig(**context["train"]),  # the configs turn lists back into tuples
+        data=context.data,
+        model=ModelConfig(name=recipe.get("model", context.model)),
+        train=context.train,
         prune=PruneConfig(**prune),
-        seed=int(context["seed"]),
+        seed=int(context.seed),
     )
+
+
+def trial_params(cfg: ExperimentConfig, device: str) -> dict[str, Any]:
+    """The child run's params: the recipe as it ran (retraining epochs and rate as used), plus
+    options only where they mean something, so the UI's parallel coordinates stay readable."""
+    p = cfg.prune
+    epochs, lr = retraining(cfg)
+    params: dict[str, Any] = {
+        "dataset": cfg.data.dataset, "model": cfg.model.name, "method": p.method,
+        "schedule": p.schedule, "target_sparsity": round(p.target_sparsity, 6),
+        "iterations": p.iterations, "finetune_epochs": epochs, "lr": lr,
+        "seed": cfg.seed, "retrain": p.retrain, "device": device,
+        "baseline_hash": cfg.baseline_hash(),
+    }  # fmt: skip
+    if p.retrain != "finetune":
+        params["rewind_epoch"] = p.rewind_epoch
+    if p.method == "ln_structured":
+        params.update(norm=p.norm, scope=p.scope, remove_channels=p.remove_channels)
+    if p.method == "nm":
+        params["nm"] = f"{p.nm_n}:{p.nm_m}"
+    if p.include_bias:
+        params["include_bias"] = True
+    if p.layers:
+        params["layers"] = ",".join(p.layers)
+    return params
+
+
+def error_line(err: BaseException) -> str:
+    """The last non-empty line of ``err``'s text (where Python puts the actual error), cut to a
+    length MLflow tags take comfortably."""
+    lines = [line.strip() for line in f"{type(err).__name__}: {err}".splitlines() if line.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:500]
+
+
+def _replay_finished(run: Any, last_step: int) -> dict[str, Any]:
+    """The final Tune result of a trial whose child run FINISHED before the driver went down."""
+    metrics = dict(run.data.metrics)
+    keys = (*CONTRACT_METRICS, *MEASURED_METRICS, *FINAL_EXTRA_METRICS, "epochs_run")
+    out = {k: float(metrics.get(k, math.nan)) for k in keys}
+    return {**out, "step": last_step, "rung": last_step, "replayed": 1}
+
+
+def earlier_runs(client: Any, context: TrialContext, trial_id: str, config_hash: str) -> list[Any]:
+    """The sweep's live child runs that this trial continues: those of the same Tune trial (a
+    retry, or a trial ``--resume`` runs again), and those of the same recipe left FINISHED,
+    KILLED or FAILED by an earlier driver. Ray Tune's saved state can lag its trials by seconds;
+    a driver that died in between leaves trials Tune no longer knows, and the restored (seeded)
+    searcher proposes their recipes again under new trial ids. Training is seeded, so a recipe's
+    FINISHED run is its result; RUNNING runs of other trials are never touched."""
+    ids = (context.experiment_id, context.parent_run_id)
+    same_trial = tagged_child_runs(client, *ids, "trial_id", trial_id)
+    seen = {r.info.run_id for r in same_trial}
+    same_recipe = [
+        r
+        for r in tagged_child_runs(client, *ids, "config_hash", config_hash)
+        if r.info.status != "RUNNING" and r.info.run_id not in seen
+    ]
+    return [*same_trial, *same_recipe]
 
 
 def prune_trial(
     config: dict[str, Any],
-    context: dict[str, Any] | None = None,
+    context: TrialContext | None = None,
     baselines: dict[str, Any] | None = None,
     data: Any = None,
 ) -> None:
     """Ray Tune function trainable. ``context``, ``baselines`` (per model) and ``data`` come
     through the object store (``tune.with_parameters``), so trials on any node share one copy and
     never retrain the dense model. ``config`` is the recipe: flat from OptunaSearch, or under
-    ``"recipe"`` in grid mode."""
+    ``"recipe"`` in grid mode. See the module docstring for how faults are recorded."""
     import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
 
     assert context is not None and baselines is not None and data is not None
-    cpus = max(1, int(context["cpus_per_trial"]))
+    cpus = max(1, int(context.cpus_per_trial))
     torch.set_num_threads(cpus)  # Ray sets OMP_NUM_THREADS too; torch reads it only at import
-    use_cuda = context["gpus_per_trial"] > 0 and torch.cuda.is_available()
+    use_cuda = context.gpus_per_trial > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
     recipe = dict(config.get("recipe", config))
     cfg = experiment_config(context, recipe)
     baseline = baselines[cfg.model.name]
-    run_name = recipe_run_name(cfg.model.name, recipe)
+    run_name = recipe_run_name(cfg.model.name, recipe, cfg.train.epochs)
+    p = cfg.prune
+    last_step = len(sparsity_schedule(p.schedule, p.target_sparsity, p.iterations))
+    epochs_per_step, _ = retraining(cfg)
 
-    client = MlflowClient(tracking_uri=context["tracking_uri"])
-    run = client.create_run(
-        context["experiment_id"],
-        run_name=run_name,
-        tags={
-            "mlflow.parentRunId": context["parent_run_id"],
-            "sweep": context["sweep_name"],
-            "trial_id": tune.get_context().get_trial_id() or "",
-        },
-    )
+    client = MlflowClient(tracking_uri=context.tracking_uri)
+    trial_id = tune.get_context().get_trial_id() or ""
+    config_hash = cfg.short_hash()
+    earlier = earlier_runs(client, context, trial_id, config_hash)
+    for old in earlier:
+        if old.info.status == "FINISHED":
+            print(f"[{run_name}] finished before the sweep was interrupted: not run again")
+            tune.report(_replay_finished(old, last_step))
+            return
+    attempt = 1 + max((int(r.data.tags.get("attempt", 1)) for r in earlier), default=0)
+    tags = {
+        "mlflow.parentRunId": context.parent_run_id,
+        "sweep": context.sweep_name,
+        "trial_id": trial_id,
+        "config_hash": config_hash,
+        "attempt": str(attempt),
+    }
+    if earlier:
+        tags["replaces"] = ",".join(r.info.run_id for r in earlier)
+    run = client.create_run(context.experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
+    for old in earlier:  # one live child run per trial: the new attempt replaces the old ones
+        client.delete_run(old.info.run_id)
     try:
-        p = cfg.prune
-        params = {
-            "dataset": cfg.data.dataset, "model": cfg.model.name, "method": p.method,
-            "schedule": p.schedule, "target_sparsity": round(p.target_sparsity, 6),
-            "iterations": p.iterations, "finetune_epochs": p.finetune_epochs, "lr": p.lr,
-            "seed": cfg.seed, "retrain": p.retrain, "device": device.type,
-            "baseline_hash": cfg.baseline_hash(),
-        }  # fmt: skip
+        params = trial_params(cfg, device.type)
         runtime = ray.get_runtime_context()
         assigned = runtime.get_assigned_resources()
         params["node_id"] = runtime.get_node_id()  # which Ray node ran the trial
         params["cpus_assigned"] = assigned.get("CPU", 0)
         params["gpus_assigned"] = assigned.get("GPU", 0)
-        # options only where they mean something, so the UI's parallel coordinates stay readable
-        if p.retrain != "finetune":
-            params["rewind_epoch"] = p.rewind_epoch
-        if p.method == "ln_structured":
-            params.update(norm=p.norm, scope=p.scope, remove_channels=p.remove_channels)
-        if p.method == "nm":
-            params["nm"] = f"{p.nm_n}:{p.nm_m}"
-        if p.include_bias:
-            params["include_bias"] = True
-        if p.layers:
-            params["layers"] = ",".join(p.layers)
         log_params(client, run_id, params)
-        last_step = len(sparsity_schedule(p.schedule, p.target_sparsity, p.iterations))
 
         def report(step: int, metrics: dict[str, float]) -> None:
             values = {k: metrics[k] for k in CONTRACT_METRICS}
-            log_metrics(client, run_id, values, step=step)
+            epochs_run = float(step * epochs_per_step)
+            log_metrics(client, run_id, {**values, "epochs_run": epochs_run}, step=step)
             if step < last_step:  # the last report waits for the measurements (objectives)
                 # sizes, FLOPs and latency are measured once, on the final model: NaN until then
                 # (Tune insists that every report holds every objective)
                 pending = dict.fromkeys(MEASURED_METRICS, float("nan"))
-                tune.report({**values, **pending, "step": step})
+                tune.report({**values, **pending, "epochs_run": epochs_run, "step": step,
+                             "rung": step})  # fmt: skip
 
         result = run_pruning(
             cfg,
@@ -178,7 +292,23 @@ def prune_trial(
             client.log_artifact(run_id, layers)
         client.set_terminated(run_id, "FINISHED")
         final = {k: result.final[k] for k in CONTRACT_METRICS}
-        tune.report({**final, **extra, "step": last_step})
-    except BaseException:
+        epochs_run = float(last_step * epochs_per_step)
+        tune.report({**final, **extra, "epochs_run": epochs_run, "step": last_step,
+                     "rung": last_step})  # fmt: skip
+    except TrainingDiverged as err:
+        # deterministic: retrying would diverge again, so the trial ends here as FAILED in MLflow
+        # and as NaN objectives for Tune (Optuna records a trial with NaN values as FAILED)
+        client.set_tag(run_id, "failure", "diverged")
+        client.set_tag(run_id, "error", error_line(err))
         client.set_terminated(run_id, "FAILED")
+        print(f"[{run_name}] {err}", flush=True)
+        nan = dict.fromkeys((*CONTRACT_METRICS, *MEASURED_METRICS), float("nan"))
+        tune.report({**nan, "diverged": 1, "step": err.step, "rung": 0})
+    except Exception as err:
+        client.set_tag(run_id, "failure", "error")
+        client.set_tag(run_id, "error", error_line(err))
+        client.set_terminated(run_id, "FAILED")
+        raise
+    except BaseException:  # stopped from outside (interrupt, worker shutdown): not a fault
+        client.set_terminated(run_id, "KILLED")
         raise
