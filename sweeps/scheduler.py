@@ -49,6 +49,25 @@ from .analysis import Objective, ahead_counts, as_objectives
 # Keys of a trial's report that the scheduler reads (besides the objective metrics).
 RUNG_KEY = "rung"
 LAST_RUNG_KEY = "last_rung"
+# --early-stop choices, and the budget (trials) from which MO-ASHA is the default: below it,
+# grace (eta - 1 trials per rung always continue) leaves too few trials to halve.
+EARLY_STOP_CHOICES = ("none", "mo-asha")
+MO_ASHA_FROM_TRIALS = 12
+DEFAULT_ETA = 3
+
+
+def default_early_stop(num_samples: int) -> str:
+    """``mo-asha`` for sweeps of at least ``MO_ASHA_FROM_TRIALS`` (12) trials, else ``none``."""
+    return "mo-asha" if num_samples >= MO_ASHA_FROM_TRIALS else "none"
+
+
+def check_early_stop(name: str) -> str:
+    """``name`` if it is an early-stopping choice; else ``ValueError`` (one line)."""
+    if name not in EARLY_STOP_CHOICES:
+        raise ValueError(
+            f"early stopping {name!r} is unknown; choose from: {', '.join(EARLY_STOP_CHOICES)}"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -80,7 +99,7 @@ class MOASHARungs:
     the exact rule.
     """
 
-    def __init__(self, objectives: str | Sequence[Objective], eta: int = 3):
+    def __init__(self, objectives: str | Sequence[Objective], eta: int = DEFAULT_ETA):
         self.objectives = as_objectives(objectives)
         self.eta = check_eta(eta)
         # rung -> trial id -> {metric: value}, in arrival order
@@ -150,11 +169,12 @@ class MOASHAScheduler(FIFOScheduler):
     Give it to ``tune.TuneConfig(scheduler=...)`` with no ``metric``/``mode`` there (a
     multi-objective sweep passes those to ``OptunaSearch`` only). Each result must carry ``rung``
     and the objective metrics (NaN where not measured yet), and may carry ``last_rung``; a result
-    without ``rung`` is not judged. Trials run in submission order (FIFO). ``stopped_at`` maps a
+    without ``rung``, or with a rung below 1 (e.g. a trial reporting that it diverged), is not
+    judged. Trials run in submission order (FIFO). ``stopped_at`` maps a
     stopped trial's id to its rung; ``used_objectives(rung)`` names what a rung was ranked on.
     """
 
-    def __init__(self, objectives: str | Sequence[Objective], eta: int = 3):
+    def __init__(self, objectives: str | Sequence[Objective], eta: int = DEFAULT_ETA):
         super().__init__()
         self.rungs = MOASHARungs(objectives, eta)
 
@@ -181,7 +201,7 @@ class MOASHAScheduler(FIFOScheduler):
         """``STOP`` when MO-ASHA drops the trial at the rung this result reports, else
         ``CONTINUE``."""
         rung = result.get(RUNG_KEY)
-        if rung is None:
+        if rung is None or not rung >= 1:
             return self.CONTINUE
         last = result.get(LAST_RUNG_KEY)
         is_last = bool(result.get("done")) or (last is not None and int(rung) >= int(last))

@@ -152,9 +152,21 @@ def test_ray_tune_scheduler_interface_with_fake_trials():
     # a final rung (last_rung) is never stopped, nor a result without a rung
     assert report("t4", 1, 0.1, 900, last_rung=1) == "CONTINUE"
     assert scheduler.on_trial_result(None, trials["t4"], {"test_accuracy": 0.0}) == "CONTINUE"
+    assert report("t4", 0, math.nan, math.nan, diverged=1) == "CONTINUE"  # rung 0: not a rung
     assert scheduler.stopped_at == {"t3": 1}
     assert scheduler.used_objectives(1) == ("test_accuracy", "nonzero_params")
     assert "MO-ASHA (eta=3): 1 stopped" in scheduler.debug_string()
     # Tune pickles its scheduler with the experiment state (resume)
     again = pickle.loads(pickle.dumps(scheduler))
     assert again.stopped_at == {"t3": 1} and again.rungs.recorded == scheduler.rungs.recorded
+
+
+def test_early_stop_choices():
+    from sweeps.scheduler import check_early_stop, default_early_stop
+
+    assert [default_early_stop(n) for n in (6, 11, 12, 100)] == ["none", "none", "mo-asha",
+                                                                  "mo-asha"]  # fmt: skip
+    assert check_early_stop("mo-asha") == "mo-asha"
+    with pytest.raises(ValueError, match=r"^early stopping 'nope' is unknown; choose from: none, "
+                       r"mo-asha$"):  # fmt: skip
+        check_early_stop("nope")
