@@ -60,7 +60,7 @@ def train_dense(
 
     train_epochs(
         model, data, t.epochs, t.lr, cfg.data.batch_size, t.optimizer, t.momentum,
-        t.weight_decay, seed=cfg.seed, log=log, label="dense", on_epoch_end=keep,
+        t.weight_decay, seed=cfg.seed, log=log, label="dense", on_epoch_end=keep, compile=t.compile,
     )  # fmt: skip
     return model, evaluate(model, data)
 
@@ -200,9 +200,14 @@ def run_pruning(
     dense_test_accuracy: float | None = None,
     rewind_states: dict[int, dict[str, torch.Tensor]] | None = None,
     measure: bool = False,
+    epoch_report: Reporter | None = None,
 ) -> PruneResult:
     """Prune a copy of the dense model step by step as ``cfg.prune`` says, retraining after each
     step and calling ``report(step, metrics)``; the masks are made permanent at the end.
+
+    ``epoch_report(epoch, metrics)``, for a one-shot recipe (one prune step), is called after
+    each retraining epoch but the last (which ``report`` covers), with the same metrics: the
+    intermediate points of a recipe that prunes once (early stopping's rungs).
 
     ``rewind_states`` maps dense epochs to weights (needed for ``retrain="weight_rewind"``).
     With ``measure``, sizes, FLOPs and latency of the dense and final models are measured too.
@@ -249,10 +254,19 @@ def run_pruning(
             recalibrate_batch_norm(model, data, cfg.data.batch_size)
             targets = select_targets(model, cfg)
         label = f"retrain step {step}/{len(schedule)}"
+        retrain_epochs = p.finetune_epochs if p.retrain == "finetune" else t.epochs - p.rewind_epoch
+        on_epoch = None
+        if epoch_report is not None and len(schedule) == 1:
+
+            def on_epoch(epoch: int, last=retrain_epochs, model=model, targets=targets) -> None:
+                if epoch < last:
+                    epoch_report(epoch, step_metrics(model, data, targets, prunable_total))
+
         if p.retrain == "finetune":
             train_epochs(
                 model, data, p.finetune_epochs, p.lr, cfg.data.batch_size, t.optimizer,
                 t.momentum, t.weight_decay, seed=cfg.seed + step, log=log, label=label,
+                compile=t.compile, on_epoch_end=on_epoch,
             )  # fmt: skip
         else:
             if rewind_state is not None:
@@ -261,7 +275,8 @@ def run_pruning(
             train_epochs(
                 model, data, t.epochs - p.rewind_epoch, t.lr, cfg.data.batch_size, t.optimizer,
                 t.momentum, t.weight_decay, seed=cfg.seed + step, log=log, label=label,
-                schedule_epochs=t.epochs, schedule_offset=p.rewind_epoch,
+                schedule_epochs=t.epochs, schedule_offset=p.rewind_epoch, compile=t.compile,
+                on_epoch_end=on_epoch,
             )  # fmt: skip
         metrics = step_metrics(model, data, targets, prunable_total)
         metrics["step_target_sparsity"] = step_sparsity

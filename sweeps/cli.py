@@ -15,7 +15,19 @@ from prune_core.models import MODELS
 from search_spaces import SPACES
 
 from .analysis import parse_objectives
+from .search import NSGA2_FROM_TRIALS, SAMPLERS, check_sampler, default_sampler
 from .tracking import DEFAULT_TRACKING_URI
+
+# Early stopping: its choices, and the budget (trials) from which a search uses it by default
+# (with fewer, each rung holds too few trials to rank).
+EARLY_STOP_CHOICES = ("none", "mo-asha")
+EARLY_STOP_FROM_SAMPLES = 12
+
+
+def default_early_stop(num_samples: int, grid: bool) -> str:
+    """``mo-asha`` for a search of at least ``EARLY_STOP_FROM_SAMPLES`` trials, else ``none``
+    (a grid is a study's protocol: every recipe runs to its end)."""
+    return "mo-asha" if num_samples >= EARLY_STOP_FROM_SAMPLES and not grid else "none"
 
 
 class UsageError(ValueError):
@@ -34,8 +46,12 @@ class Study:
     baseline_epochs: int = 30
     num_samples: int = 24
     batch_size: int = 128
-    baseline_lr: float = 0.05
-    # --quick: digits, CPU-sized budgets
+    baseline_lr: float = 0.05  # peak learning rate of the cosine decay (to 0 at the end)
+    # dense optimizer (prune_core's TrainConfig), also used to fine-tune the study's trials;
+    # Adam's weight decay is an L2 term added to the gradient, as torch.optim.Adam applies it
+    baseline_optimizer: str = "sgd"
+    baseline_weight_decay: float = 5e-4
+    # --quick: digits, CPU-sized budgets (same optimizer and learning rate)
     quick_baseline_epochs: int = 5
     quick_num_samples: int = 6
     quick_batch_size: int = 64
@@ -66,6 +82,8 @@ class SweepSpec:
     baseline_epochs: int
     baseline_lr: float
     batch_size: int
+    baseline_optimizer: str
+    baseline_weight_decay: float
     objectives: str
     cache_dir: str
     results_dir: str
@@ -73,6 +91,9 @@ class SweepSpec:
     max_failures: int = 1  # retries of a trial that raised, each on a fresh worker
     resume: str | None = None  # the sweep (name or parent run id) this run continues
     argv: tuple[str, ...] = ()  # the arguments it was started with (for --resume)
+    early_stop: str = "none"  # "none" or "mo-asha"
+    eta: int = 3  # MO-ASHA keeps the top 1/eta of the trials at each rung
+    sampler: str = "tpe"  # one of sweeps.search.SAMPLERS
 
 
 # GPU share per trial by model. One H200 (torch 2.11, batch 128) ran four trials at once at 2.5x
@@ -141,6 +162,20 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
         "(default 1); then it is FAILED and the others go on",
     )  # fmt: skip
     p.add_argument(
+        "--early-stop", choices=EARLY_STOP_CHOICES, metavar="{none,mo-asha}",
+        help="multi-objective early stopping of recipes (default: mo-asha from "
+        f"{EARLY_STOP_FROM_SAMPLES} trials on, else none; none with --grid)",
+    )  # fmt: skip
+    p.add_argument(
+        "--eta", type=int, default=3,
+        help="mo-asha: keep the top 1/ETA of the trials at each rung (default 3, at least 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sampler",
+        help=f"Optuna sampler: {', '.join(SAMPLERS)} (default: tpe below "
+        f"{NSGA2_FROM_TRIALS} trials, nsga2 from there on)",
+    )
+    p.add_argument(
         "--resume", metavar="SWEEP",
         help="continue an interrupted sweep (its name, printed at its start, or its parent run "
         "id) with the settings it was started with; finished trials are not run again",
@@ -170,6 +205,8 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
     args = build_parser(study).parse_args(argv)
     if args.max_failures < 0:
         raise UsageError(f"--max-failures {args.max_failures}: must be an integer >= 0")
+    if args.eta < 2:
+        raise UsageError(f"--eta {args.eta}: must be an integer >= 2 (keep the top 1/eta per rung)")
     dataset = args.dataset or ("digits" if args.quick else study.dataset)
     if dataset not in DATASETS:
         raise UsageError(
@@ -209,6 +246,11 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         parse_objectives(args.objectives)
     except ValueError as err:
         raise UsageError(f"--objectives: {err}") from None
+    sampler = args.sampler or default_sampler(num_samples)
+    try:
+        check_sampler(sampler, len(parse_objectives(args.objectives)))
+    except ValueError as err:
+        raise UsageError(f"--sampler: {err}") from None
     check_seed("--seed", args.seed, UsageError)
     if args.address and args.address != "auto" and "://" not in args.address:
         host, _, port = args.address.rpartition(":")
@@ -251,11 +293,16 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         baseline_epochs=epochs,
         baseline_lr=study.baseline_lr,
         batch_size=study.quick_batch_size if args.quick else study.batch_size,
+        baseline_optimizer=study.baseline_optimizer,
+        baseline_weight_decay=study.baseline_weight_decay,
         objectives=args.objectives,
         cache_dir=os.path.abspath(args.cache_dir),
         results_dir=os.path.abspath(args.results_dir),
         download=not args.no_download,
         max_failures=args.max_failures,
+        early_stop=args.early_stop or default_early_stop(num_samples, args.grid),
+        eta=args.eta,
+        sampler=sampler,
         resume=args.resume,
         argv=tuple(a for a in raw_argv if a is not None),
     )

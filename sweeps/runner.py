@@ -32,7 +32,10 @@ from .cli import (
     new_sweep_name,
     resolve_spec,
 )
+from .latency import remeasure_latency
 from .report import format_analysis, write_outputs
+from .scheduler import MOASHAScheduler
+from .search import grid_points, make_sampler
 from .tracking import (
     DEFAULT_TRACKING_URI,
     TrackingError,
@@ -47,8 +50,12 @@ from .tracking import (
     sweep_child_runs,
     tagged_child_runs,
 )
-from .trial import TrialContext, prune_trial, recipe_run_name
+from .trial import CONTRACT_METRICS, TrialContext, prune_trial, recipe_run_name
 
+# One search trial in this many starts from a recipe of the study's grid.
+GRID_POINTS_SHARE = 3
+# Images per latency batch (the trials' own measurement uses the same).
+LATENCY_BATCH = 64
 # A dense baseline at most this far above chance accuracy (fraction) stops the sweep.
 CHANCE_MARGIN = 0.02
 # Ray Tune writes its experiment state (what --resume restores) at least this often (seconds).
@@ -93,7 +100,10 @@ def base_config(spec: SweepSpec, model: str) -> ExperimentConfig:
             batch_size=spec.batch_size,
         ),
         model=ModelConfig(name=model),
-        train=TrainConfig(epochs=spec.baseline_epochs, lr=spec.baseline_lr, rewind_epochs=rewind),
+        train=TrainConfig(
+            epochs=spec.baseline_epochs, lr=spec.baseline_lr, optimizer=spec.baseline_optimizer,
+            weight_decay=spec.baseline_weight_decay, rewind_epochs=rewind,
+        ),
         seed=spec.seed,
     )  # fmt: skip
 
@@ -432,6 +442,19 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                     {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
                 )
                 callbacks = [_trial_end_callback(context)]
+                scheduler = None
+                if spec.early_stop == "mo-asha":
+                    scheduler = MOASHAScheduler(objectives, spec.eta)
+                    ranked = [o.metric for o in objectives if o.metric in CONTRACT_METRICS]
+                    later = [o.metric for o in objectives if o.metric not in CONTRACT_METRICS]
+                    say(
+                        f"early stopping: MO-ASHA, eta {spec.eta}: at each rung (a prune "
+                        "iteration; a fine-tune epoch for one-shot recipes) a trial goes on only "
+                        f"in the top 1/{spec.eta} by non-dominated sorting on "
+                        f"{', '.join(ranked) or 'no objective'}"
+                        + (f" ({', '.join(later)}: measured only at the end, not ranked)"
+                           if later else "")
+                    )  # fmt: skip
                 if spec.grid:
                     recipes = [
                         {**r, "model": m}
@@ -439,8 +462,9 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                         for r in get_grid(spec.study, spec.quick)
                     ]
                     tune_config = tune.TuneConfig(
-                        num_samples=1, max_concurrent_trials=spec.max_concurrent, reuse_actors=True
-                    )
+                        num_samples=1, max_concurrent_trials=spec.max_concurrent,
+                        reuse_actors=True, scheduler=scheduler,
+                    )  # fmt: skip
                     param_space = {"recipe": tune.grid_search(recipes)}
                     say(f"grid: {len(recipes)} recipes of the study's protocol")
                 else:
@@ -449,20 +473,32 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                         space = functools.partial(
                             space_with_models, space=space, models=spec.models
                         )
+                    # the search starts from (a few of) the study's own protocol recipes
+                    points = grid_points(
+                        spec.study, spec.quick, spec.space, models=spec.models,
+                        limit=max(1, spec.num_samples // GRID_POINTS_SHARE),
+                    )  # fmt: skip
                     search = OptunaSearch(
                         space,
                         metric=[o.metric for o in objectives],
                         mode=[o.mode for o in objectives],
-                        seed=spec.seed,
+                        points_to_evaluate=points or None,
+                        sampler=make_sampler(
+                            spec.sampler, spec.seed, spec.num_samples, len(objectives)
+                        ),
                     )
                     tune_config = tune.TuneConfig(
                         search_alg=search,
                         num_samples=spec.num_samples,
                         max_concurrent_trials=spec.max_concurrent,
                         reuse_actors=True,
+                        scheduler=scheduler,
                     )
                     param_space = None
-                    say(f"Optuna search over space {spec.space!r}: {spec.num_samples} trials")
+                    first = (f", the first {len(points)} from the study's grid" if points
+                             else "")  # fmt: skip
+                    say(f"Optuna search over space {spec.space!r}: {spec.num_samples} trials, "
+                        f"sampler {spec.sampler}{first}")  # fmt: skip
                 say(
                     f"{spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
                     f"MLflow experiment {spec.experiment!r}, parent run {parent_id}"
@@ -499,18 +535,45 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                 if interrupts.signum is not None:
                     raise SweepInterrupted(interrupts.signum)
 
-                runs = trial_table(child_runs(target.uri, experiment_id, parent_id), accuracies)
+                children = child_runs(target.uri, experiment_id, parent_id, finished_only=False)
+                finished = children[children["status"] == "FINISHED"]
+                if len(finished):
+                    # latency timed here, one checkpoint at a time, with no trial competing
+                    example = data.normalize(data.x_test[:LATENCY_BATCH])
+                    remeasure_latency(client, finished, example, data.in_channels,
+                                      data.num_classes, data.image_size, log=say)  # fmt: skip
+                    children = child_runs(
+                        target.uri, experiment_id, parent_id, finished_only=False
+                    )
+                    finished = children[children["status"] == "FINISHED"]
+                runs = trial_table(finished, accuracies)
+                stopped_tag = children.get("tags.early_stopped")
+                stopped = trial_table(
+                    children[(children["status"] != "FINISHED") & stopped_tag.notna()]
+                    if stopped_tag is not None else children.iloc[0:0],
+                    accuracies,
+                )  # fmt: skip
                 failures = _failed_children(client, experiment_id, parent_id)
+                if scheduler is not None:
+                    used = sorted({m for d in scheduler.decisions for m in d.objectives})
+                    client.set_tag(parent_id, "early_stop_objectives", ",".join(used))
+                    client.log_metric(parent_id, "early_stopped_trials", len(stopped))
                 out_dir = os.path.join(spec.results_dir, sweep_name)
                 os.makedirs(out_dir, exist_ok=True)
                 analysis, tables = None, {}
                 if len(runs):
                     # the same analysis as `python -m sweeps.pareto`: pareto.csv, .png, report.md
-                    analysis = analyse(runs, objectives, dense=accuracies)
+                    analysis = analyse(runs, objectives, dense=accuracies, stopped=stopped)
                     title = f"{spec.experiment} / {sweep_name}"
                     for path in write_outputs(analysis, out_dir, settings=settings, title=title):
                         client.log_artifact(parent_id, path)
                     client.log_metric(parent_id, "pareto_hypervolume", analysis.hypervolume)
+                    # the reference it was measured against, so two sweeps can be compared
+                    for metric, ref in zip(analysis.metrics, analysis.reference, strict=True):
+                        client.log_metric(parent_id, f"pareto_reference.{metric}", ref)
+                    client.set_tag(
+                        parent_id, "pareto_reference_kinds", ",".join(analysis.reference_kinds)
+                    )
                     client.log_metric(
                         parent_id, "pareto_size", int(analysis.table["pareto"].sum())
                     )

@@ -160,16 +160,18 @@ def log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) 
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> Any:
-    """The FINISHED child runs of ``parent_run_id`` as a DataFrame (``mlflow.search_runs``)."""
+def child_runs(
+    tracking_uri: str, experiment_id: str, parent_run_id: str, finished_only: bool = True
+) -> Any:
+    """The FINISHED (or, with ``finished_only=False``, all live) child runs of
+    ``parent_run_id`` as a DataFrame (``mlflow.search_runs``)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
+    status = " and attributes.status = 'FINISHED'" if finished_only else ""
     return mlflow.search_runs(
         experiment_ids=[experiment_id],
-        filter_string=(
-            f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'"
-        ),
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'{status}",
         max_results=10000,
     )
 

@@ -157,12 +157,12 @@ def error_line(err: BaseException) -> str:
     return (lines[-1] if lines else type(err).__name__)[:500]
 
 
-def _replay_finished(run: Any, last_step: int) -> dict[str, Any]:
+def _replay_finished(run: Any, last_step: int, last_rung: int) -> dict[str, Any]:
     """The final Tune result of a trial whose child run FINISHED before the driver went down."""
     metrics = dict(run.data.metrics)
     keys = (*CONTRACT_METRICS, *MEASURED_METRICS, *FINAL_EXTRA_METRICS, "epochs_run")
     out = {k: float(metrics.get(k, math.nan)) for k in keys}
-    return {**out, "step": last_step, "rung": last_step, "replayed": 1}
+    return {**out, "step": last_step, "rung": last_rung, "last_rung": last_rung, "replayed": 1}
 
 
 def earlier_runs(client: Any, context: TrialContext, trial_id: str, config_hash: str) -> list[Any]:
@@ -209,6 +209,9 @@ def prune_trial(
     p = cfg.prune
     last_step = len(sparsity_schedule(p.schedule, p.target_sparsity, p.iterations))
     epochs_per_step, _ = retraining(cfg)
+    # early stopping's rungs: prune iterations, or for a one-shot recipe its retraining epochs
+    # (its only intermediate points); the last rung is the finished recipe
+    last_rung = last_step if last_step > 1 else max(1, epochs_per_step)
 
     client = MlflowClient(tracking_uri=context.tracking_uri)
     trial_id = tune.get_context().get_trial_id() or ""
@@ -217,7 +220,7 @@ def prune_trial(
     for old in earlier:
         if old.info.status == "FINISHED":
             print(f"[{run_name}] finished before the sweep was interrupted: not run again")
-            tune.report(_replay_finished(old, last_step))
+            tune.report(_replay_finished(old, last_step, last_rung))
             return
     attempt = 1 + max((int(r.data.tags.get("attempt", 1)) for r in earlier), default=0)
     tags = {
@@ -242,16 +245,26 @@ def prune_trial(
         params["gpus_assigned"] = assigned.get("GPU", 0)
         log_params(client, run_id, params)
 
+        def pending_report(values: dict[str, float], rung: int, epochs_run: float) -> None:
+            # sizes, FLOPs and latency are measured once, on the final model: NaN until then
+            # (Tune insists that every report holds every objective)
+            pending = dict.fromkeys(MEASURED_METRICS, float("nan"))
+            tune.report({**values, **pending, "epochs_run": epochs_run, "step": rung,
+                         "rung": rung, "last_rung": last_rung})  # fmt: skip
+
         def report(step: int, metrics: dict[str, float]) -> None:
             values = {k: metrics[k] for k in CONTRACT_METRICS}
             epochs_run = float(step * epochs_per_step)
             log_metrics(client, run_id, {**values, "epochs_run": epochs_run}, step=step)
             if step < last_step:  # the last report waits for the measurements (objectives)
-                # sizes, FLOPs and latency are measured once, on the final model: NaN until then
-                # (Tune insists that every report holds every objective)
-                pending = dict.fromkeys(MEASURED_METRICS, float("nan"))
-                tune.report({**values, **pending, "epochs_run": epochs_run, "step": step,
-                             "rung": step})  # fmt: skip
+                pending_report(values, step, epochs_run)
+
+        def epoch_report(epoch: int, metrics: dict[str, float]) -> None:
+            values = {k: metrics[k] for k in CONTRACT_METRICS}
+            # kept apart from the per-iteration history (step = prune iteration)
+            log_metrics(client, run_id, {"epoch_test_accuracy": values["test_accuracy"],
+                                         "epochs_run": float(epoch)}, step=epoch)  # fmt: skip
+            pending_report(values, epoch, float(epoch))
 
         result = run_pruning(
             cfg,
@@ -262,6 +275,7 @@ def prune_trial(
             rewind_states=baseline.get("rewind_states"),
             measure=True,
             log=lambda msg: print(f"[{run_name}] {msg}", flush=True),
+            epoch_report=epoch_report,
         )
         measured = {k: float(result.measurements[k]) for k in MEASURED_METRICS}
         extra = {**measured, "permanent_test_accuracy": result.permanent_test_accuracy}
@@ -294,7 +308,7 @@ def prune_trial(
         final = {k: result.final[k] for k in CONTRACT_METRICS}
         epochs_run = float(last_step * epochs_per_step)
         tune.report({**final, **extra, "epochs_run": epochs_run, "step": last_step,
-                     "rung": last_step})  # fmt: skip
+                     "rung": last_rung, "last_rung": last_rung})  # fmt: skip
     except TrainingDiverged as err:
         # deterministic: retrying would diverge again, so the trial ends here as FAILED in MLflow
         # and as NaN objectives for Tune (Optuna records a trial with NaN values as FAILED)
