@@ -242,10 +242,16 @@ class _Interrupts:
             return
         raise SweepInterrupted(self.signum)
 
-    def __enter__(self) -> _Interrupts:
+    def install(self) -> None:
+        """(Re)install the handlers: ``ray.init`` puts its own fatal SIGTERM handler (a core
+        dump and SIGABRT) over Python's, so this runs again once Ray is up."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self.handle)
+                previous = signal.signal(sig, self.handle)
+                self._previous.setdefault(sig, previous)
+
+    def __enter__(self) -> _Interrupts:
+        self.install()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -362,6 +368,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_CHECKPOINT_S))
     with _Interrupts() as interrupts:
         connected = _init_ray(spec, target)
+        interrupts.install()
         try:
             if spec.gpus_per_trial is None:  # pack trials onto the cluster's GPUs, if it has any
                 gpus = default_gpus_per_trial(spec.models, ray.cluster_resources().get("GPU", 0))

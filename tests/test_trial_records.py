@@ -1,0 +1,62 @@
+"""A trial's MLflow params and run name say what it ran: the retraining epochs and learning rate of
+rewinding recipes, not the fine-tuning defaults they ignore."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, PruneConfig, TrainConfig
+from prune_core.data import load_dataset
+from prune_core.experiment import run_pruning, train_dense
+from sweeps.trial import recipe_run_name, retraining, trial_params
+
+
+def rewind_cfg(retrain: str, epochs: int = 4, rewind_epoch: int = 1) -> ExperimentConfig:
+    return ExperimentConfig(
+        data=DataConfig(dataset="digits", batch_size=64),
+        model=ModelConfig(name="mlp"),
+        train=TrainConfig(epochs=epochs, lr=0.05, rewind_epochs=(rewind_epoch,)),
+        # finetune_epochs and lr are the PruneConfig defaults: rewinding does not use them
+        prune=PruneConfig(target_sparsity=0.5, retrain=retrain, rewind_epoch=rewind_epoch),
+    )
+
+
+@pytest.mark.parametrize("retrain", ["weight_rewind", "lr_rewind"])
+def test_rewinding_params_are_the_retraining_it_runs(retrain):
+    cfg = rewind_cfg(retrain)
+    params = trial_params(cfg, "cpu")
+    # the dense schedule's tail: 4 - 1 = 3 epochs, starting where the dense cosine was at
+    # epoch 1 of 4: 0.05 * 0.5 * (1 + cos(pi / 4)) = 0.0426776695...
+    assert params["finetune_epochs"] == 3
+    assert params["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi / 4)), rel=1e-12)
+    assert params["lr"] == pytest.approx(0.04267766952966369, rel=1e-12)
+    assert params["rewind_epoch"] == 1 and params["retrain"] == retrain
+    recipe = {"target_sparsity": 0.5, "retrain": retrain, "rewind_epoch": 1}
+    assert (
+        recipe_run_name("mlp", recipe, cfg.train.epochs) == f"mlp_prune_50perc_oneshot3_{retrain}1"
+    )
+
+
+def test_finetune_params_unchanged():
+    cfg = ExperimentConfig(prune=PruneConfig(finetune_epochs=2, lr=0.003))
+    params = trial_params(cfg, "cpu")
+    assert (params["finetune_epochs"], params["lr"]) == (2, 0.003)
+    assert "rewind_epoch" not in params
+    assert retraining(cfg) == (2, 0.003)
+
+
+def test_weight_rewind_trains_the_logged_epochs():
+    cfg = rewind_cfg("weight_rewind", epochs=3, rewind_epoch=1)
+    data = load_dataset("digits")
+    snapshots: dict = {}
+    dense, _ = train_dense(cfg, data, log=lambda _: None, snapshots=snapshots)
+    lines: list[str] = []
+    run_pruning(cfg, data, dense.state_dict(), log=lines.append, rewind_states=snapshots)
+    retrain_lines = [line for line in lines if line.startswith("[retrain step 1/1] epoch")]
+    epochs, lr = retraining(cfg)
+    assert len(retrain_lines) == epochs == 2
+    assert retrain_lines[-1].startswith(f"[retrain step 1/1] epoch {epochs}/{epochs}")
+    assert trial_params(cfg, "cpu")["finetune_epochs"] == epochs
+    assert lr == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi / 3)))  # 0.0375
