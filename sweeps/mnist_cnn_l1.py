@@ -18,8 +18,16 @@ STUDY = Study(
     dataset="mnist",
     space="unstructured",
     description="MNIST CNN, L1 unstructured pruning of weights and biases (study 1).",
-    baseline_epochs=5,
-    baseline_lr=0.05,
+    # the original: 3 epochs of Adam at a constant 1e-3, batch 64, no weight decay. Here the
+    # learning rate decays by a cosine to 0, whose mean is half the peak: a peak of 3e-3 reaches
+    # the original's accuracy in its 3 epochs (1e-3 falls short when the budget is short: 0.77
+    # against 0.85 over 5 seeds on 1,000 MNIST-format images; tests/test_study_defaults.py)
+    baseline_epochs=3,
+    batch_size=64,
+    baseline_lr=3e-3,
+    baseline_optimizer="adam",
+    baseline_weight_decay=0.0,
+    # digits: 1,437 training images; 15 epochs reach 0.98 (as SGD at 0.05 did)
     quick_baseline_epochs=15,
     tables=cnn_l1_tables,
 )
