@@ -4,11 +4,15 @@ epochs spent, for three searches of the same quick sweep over several seeds:
 - ``default + mo-asha``: the project's default sampler (``sweeps.search.default_sampler``) with
   multi-objective early stopping (``--early-stop mo-asha --eta 3``);
 - ``default``: the same sampler without early stopping (``--early-stop none``);
-- ``random``: random search (``--sampler random --early-stop none``), by default with twice the
-  trials (the baseline the search has to beat with fewer epochs).
+- ``random``: random search (``--sampler random --early-stop none``).
 
-    python benchmarks/bench_search.py --quick     # 3 seeds, 8 / 8 / 16 trials: minutes on 2 CPUs
-    python benchmarks/bench_search.py             # 3 seeds, 16 / 16 / 32 trials
+Each search gets the same number of trials; what they cost is counted in fine-tune epochs, not
+trials, and compared: the target is that the default with early stopping reaches at least random
+search's hypervolume with at most half its epochs.
+
+    python benchmarks/bench_search.py --quick     # 3 seeds x 3 searches x 12 trials
+    python benchmarks/bench_search.py             # 3 seeds x 3 searches x 16 trials
+    python benchmarks/bench_search.py --random-trials 32    # random search with twice the trials
 
 Every sweep is ``sweeps.mnist_finetune --quick --model cnn --space unstructured`` (digits) run
 through ``sweeps.runner.run_sweep(resolve_spec(...))`` in a temporary folder (MLflow SQLite
@@ -172,10 +176,10 @@ def main() -> int:
     """Run every search for every seed and print the table; with ``--check``, exit 1 if the
     target is missed."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="8 trials (16 random) per sweep")
+    ap.add_argument("--quick", action="store_true", help="12 trials per sweep (default 16)")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    ap.add_argument("--trials", type=int, help="trials of the default searches (16; quick 8)")
-    ap.add_argument("--random-trials", type=int, help="trials of random search (twice --trials)")
+    ap.add_argument("--trials", type=int, help="trials of the default searches (16; quick 12)")
+    ap.add_argument("--random-trials", type=int, help="trials of random search (--trials)")
     ap.add_argument("--eta", type=int, default=3, help="MO-ASHA's eta (default 3)")
     ap.add_argument("--max-concurrent", type=int, help="most trials at once per sweep")
     ap.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
@@ -184,8 +188,9 @@ def main() -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: give comma-separated integers")
-    trials = args.trials or (8 if args.quick else 16)
-    random_trials = args.random_trials or 2 * trials
+    # 12: the smallest budget whose default is MO-ASHA (sweeps.scheduler.MO_ASHA_FROM_TRIALS)
+    trials = args.trials or (12 if args.quick else 16)
+    random_trials = args.random_trials or trials
     if not seeds or trials < 1 or random_trials < 1 or args.eta < 2:
         ap.error("--seeds needs a seed, --trials and --random-trials >= 1, --eta >= 2")
 

@@ -748,9 +748,11 @@ def trial_table(df: pd.DataFrame, dense_accuracy: Mapping[str, float]) -> pd.Dat
     for col in [c for c in df.columns if c.startswith("metrics.")]:
         out[col[len("metrics.") :]] = df[col]
     for col in ("target_sparsity", "lr"):
-        out[col] = out[col].astype(float)
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
     for col in ("iterations", "finetune_epochs"):
-        out[col] = out[col].astype(int)
+        values = pd.to_numeric(out[col], errors="coerce")
+        # integers where every run logged them (a run killed before its params has none)
+        out[col] = values.astype(int) if values.notna().all() else values
     out["dense_test_accuracy"] = out["model"].map(dense_accuracy)
     out["accuracy_change"] = out["test_accuracy"] - out["dense_test_accuracy"]
     if f"tags.{STOPPED_TAG}" in df:

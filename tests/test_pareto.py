@@ -475,3 +475,22 @@ def test_crowding_distance_hand_computed():
     ]  # fmt: skip
     dup = crowding_distance(np.vstack([front, front[1]]))
     assert dup[1] == dup[4] == pytest.approx(2 / 3 + 5 / 6)
+
+
+def test_trial_table_reads_the_stopping_rung_and_tolerates_runs_without_params():
+    from sweeps.analysis import trial_table
+
+    search_runs = pd.DataFrame({
+        "run_id": ["a", "b", "c"], "tags.mlflow.runName": ["x", "y", "z"],
+        "params.model": ["cnn", "cnn", None], "params.target_sparsity": ["0.5", "0.9", None],
+        "params.iterations": ["1", "3", None], "params.finetune_epochs": ["2", "1", None],
+        "params.lr": ["0.01", "0.01", None], "metrics.test_accuracy": [0.9, 0.8, np.nan],
+        "tags.early_stopped": ["rung 2", "1", None],
+    })  # fmt: skip
+    table = trial_table(search_runs, {"cnn": 0.95})
+    assert table["stopped_at_rung"].tolist()[:2] == [2.0, 1.0]
+    assert np.isnan(table["stopped_at_rung"].iloc[2])
+    assert table["accuracy_change"].iloc[0] == pytest.approx(-0.05)
+    assert np.isnan(table["iterations"].iloc[2])  # killed before it logged its params
+    # every run with its params: integers, as the study tables print them
+    assert trial_table(search_runs.iloc[:2], {"cnn": 0.95})["iterations"].tolist() == [1, 3]
