@@ -52,6 +52,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     # dense epochs after which the weights are kept for weight rewinding (0 = initialisation)
     rewind_epochs: tuple[int, ...] = ()
+    # torch.compile the training forward (CUDA graphs on CUDA); falls back to eager on failure
+    compile: bool = False
 
     def __post_init__(self):
         _check(self.epochs >= 0, "train.epochs", self.epochs, "an integer >= 0")

@@ -8,7 +8,8 @@ weights at sparsity ``s`` zeroes ``round(s * n)`` of them, ties broken by positi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -76,8 +77,18 @@ def keep_mask_exact(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     """Boolean mask (same shape as ``scores``) that is False for exactly the ``n_prune`` lowest.
 
     Ties at the threshold are broken by position (lowest flat index pruned first), so the count is
-    exact even when many scores are equal (e.g. zeros from an earlier step).
+    exact even when many scores are equal (e.g. zeros from an earlier step). The method is the
+    fastest exact one for the device, with identical masks: ``keep_mask_kthvalue`` on the CPU,
+    ``keep_mask_sorted`` on CUDA (where ``torch.kthvalue`` was 10x slower than a topk-based
+    selection on an H200).
     """
+    if scores.device.type == "cuda":
+        return keep_mask_sorted(scores, n_prune)
+    return keep_mask_kthvalue(scores, n_prune)
+
+
+def keep_mask_kthvalue(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """``keep_mask_exact`` through ``torch.kthvalue`` plus a tie fix-up: the fast path on a CPU."""
     flat = scores.reshape(-1)
     n = flat.numel()
     if n_prune <= 0:
@@ -92,6 +103,25 @@ def keep_mask_exact(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
         rank = torch.cumsum(at_threshold, 0)  # 1-based rank among the tied entries
         tied_needed = n_prune - int(torch.count_nonzero(flat < threshold))
         keep |= at_threshold & (rank > tied_needed)
+    return keep.view_as(scores)
+
+
+def keep_mask_sorted(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """``keep_mask_exact`` through one stable sort: the fast path on CUDA (no host sync).
+
+    A stable sort orders equal scores by flat index, so its first ``n_prune`` indices are exactly
+    the entries ``keep_mask_kthvalue`` prunes. Adding 0.0 turns -0.0 into +0.0 first, so a radix
+    sort that orders by bit pattern cannot split zeros that compare equal.
+    """
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    if n_prune <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if n_prune >= n:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    order = torch.sort(flat + 0.0, stable=True).indices
+    keep = torch.ones(n, dtype=torch.bool, device=flat.device)
+    keep[order[:n_prune]] = False
     return keep.view_as(scores)
 
 
@@ -207,6 +237,67 @@ def make_permanent(model: nn.Module) -> int:
                 prune.remove(module, hook._tensor_name)
                 folded += 1
     return folded
+
+
+class MaskedUpdate:
+    """The (original, mask) pairs of a model under ``masked_update``; ``zero_pruned`` re-zeroes."""
+
+    def __init__(self, origs: list[torch.Tensor], masks: list[torch.Tensor]):
+        self.origs = origs  # the ``*_orig`` Parameters, trained directly
+        self.masks = masks  # their masks, 1 = keep, in the dtype of the parameter
+
+    def __len__(self) -> int:
+        return len(self.origs)
+
+    @torch.no_grad()
+    def zero_pruned(self) -> None:
+        """Zero every pruned entry again (after an optimizer step), in one fused call."""
+        if self.origs:
+            torch._foreach_mul_(self.origs, self.masks)
+
+
+@contextlib.contextmanager
+def masked_update(model: nn.Module) -> Iterator[MaskedUpdate]:
+    """Train the ``*_orig`` parameters of a pruned model directly, without per-forward masking.
+
+    Inside the block, the forward pre-hooks of torch.nn.utils.prune are taken off, each pruned
+    attribute (e.g. ``module.weight``) is the ``weight_orig`` Parameter itself, and its pruned
+    entries are zeroed once. Call ``zero_pruned()`` after every optimizer step: the effective
+    weights (``orig * mask``) then follow the same trajectory as training through the hooks, whose
+    gradient at a pruned entry reaches only ``orig`` values that the mask hides. The pruned
+    entries of ``*_orig`` end the block at zero instead of carrying stale values; a mask never
+    revives a weight, so nothing reads them. On exit (also on an exception) the hooks are back in
+    their original order and ``module.weight = weight_orig * weight_mask`` again, so state dicts
+    (``weight_orig``/``weight_mask``), ``prune.remove`` and rewinding work unchanged.
+    """
+    suspended: list[tuple[nn.Module, int, prune.BasePruningMethod]] = []
+    for module in model.modules():
+        for key, hook in module._forward_pre_hooks.items():
+            if isinstance(hook, prune.BasePruningMethod):
+                suspended.append((module, key, hook))
+    origs, masks = [], []
+    try:
+        for module, key, hook in suspended:
+            name = hook._tensor_name
+            orig = module._parameters[name + "_orig"]
+            mask = module._buffers[name + "_mask"]
+            del module._forward_pre_hooks[key]
+            # the Parameter itself, not registered again (Module.__setattr__ would register it)
+            module.__dict__[name] = orig
+            origs.append(orig)
+            masks.append(mask if mask.dtype == orig.dtype else mask.to(orig.dtype))
+        update = MaskedUpdate(origs, masks)
+        update.zero_pruned()
+        yield update
+    finally:
+        for module, key, hook in suspended:
+            if key not in module._forward_pre_hooks:
+                module._forward_pre_hooks[key] = hook
+                # handle ids grow with registration: sorting restores the original hook order
+                ordered = sorted(module._forward_pre_hooks.items(), key=lambda item: item[0])
+                module._forward_pre_hooks.clear()
+                module._forward_pre_hooks.update(ordered)
+            setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
 def is_reparametrized(model: nn.Module) -> bool:
