@@ -5,6 +5,7 @@ the source with ``ast``, so nothing is imported to check it."""
 from __future__ import annotations
 
 import ast
+import functools
 import os
 
 import pytest
@@ -55,6 +56,7 @@ def imported_names(path: str, package: str = PACKAGE) -> tuple[set[str], set[str
     return ours, others
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     """``{module: modules of sweeps it imports}``; a module importing itself (``python -m``
     entry points re-import their own module by name) is not an edge."""
