@@ -5,11 +5,15 @@ Compares, in one process and interleaved repeat by repeat:
   (b) kthvalue: one torch.kthvalue over the (precomputed) concatenated |w| of the same weights,
                the floor for any exact global threshold
   (c) torch:   torch.nn.utils.prune.global_unstructured(L1Unstructured) on a fresh copy
-and prints the medians and the ratios ours/kthvalue (target <= 2.0) and torch/ours, with the
-device, threads, versions and repeats. It also checks that (a) and (c) prune the same weights.
+  (d) both exact threshold paths of ``keep_mask_exact`` on the same concatenated |w|:
+      mask_kthvalue (what a CPU uses) and mask_sorted (stable sort: what CUDA uses)
+and prints the medians and the ratios ours/kthvalue (target <= 2.0, set for the CPU) and
+torch/ours, with the device, threads, versions and repeats. It also checks that (a) and (c) prune
+the same weights and that both paths of (d) give identical masks.
 
     python benchmarks/bench_global_magnitude.py            # 9 repeats
     python benchmarks/bench_global_magnitude.py --quick    # 3 repeats
+    python benchmarks/bench_global_magnitude.py --device cuda
 """
 
 from __future__ import annotations
@@ -27,7 +31,12 @@ import torch
 from torch.nn.utils import prune
 
 from prune_core.models import build_model
-from prune_core.pruning import global_magnitude_masks, prunable_targets
+from prune_core.pruning import (
+    global_magnitude_masks,
+    keep_mask_kthvalue,
+    keep_mask_sorted,
+    prunable_targets,
+)
 
 TARGET_RATIO = 2.0  # ours / kthvalue
 
@@ -79,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (3 if args.quick else 9)
     warmup = 1 if args.quick else 2
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"--device {args.device}: no CUDA device here; allowed: cpu", file=sys.stderr)
+        return 2
 
     torch.manual_seed(0)
     model = build_model("resnet18", 3, 10, 32).to(device)
@@ -98,16 +110,25 @@ def main(argv: list[str] | None = None) -> int:
         prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=args.sparsity)
 
     load_before = _machine_load()
-    times: dict[str, list[float]] = {"ours": [], "kthvalue": [], "global_unstructured": []}
+    times: dict[str, list[float]] = {
+        "ours": [],
+        "kthvalue": [],
+        "global_unstructured": [],
+        "mask_kthvalue": [],
+        "mask_sorted": [],
+    }
     for i in range(warmup + repeats):
         fresh = copy.deepcopy(model)  # copied outside the timed region
         runs = {
             "ours": ours,
             "kthvalue": kthvalue,
             "global_unstructured": lambda f=fresh: torch_global(f),
+            "mask_kthvalue": lambda: keep_mask_kthvalue(magnitudes, n_prune),
+            "mask_sorted": lambda: keep_mask_sorted(magnitudes, n_prune),
         }
         names = list(runs)
-        names = names[i % 3 :] + names[: i % 3]  # rotate the order: no method always runs first
+        shift = i % len(names)
+        names = names[shift:] + names[:shift]  # rotate the order: no method always runs first
         sample = {name: _timed(runs[name], device) for name in names}
         if i >= warmup:
             for name, seconds in sample.items():
@@ -118,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     torch_keep = torch.cat([t.mask().reshape(-1).bool() for t in prunable_targets(fresh)])
     pruned_ours, pruned_torch = int((~keep).sum()), int((~torch_keep).sum())
     same = int((keep == torch_keep).sum())
+    paths_agree = torch.equal(
+        keep_mask_kthvalue(magnitudes, n_prune), keep_mask_sorted(magnitudes, n_prune)
+    )
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     ratio_kth = med["ours"] / med["kthvalue"]
@@ -135,12 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "PASS" if ratio_kth <= TARGET_RATIO else "FAIL"
     print(f"  ours / kthvalue            {ratio_kth:6.2f}x  (target <= {TARGET_RATIO}: {verdict})")
     print(f"  global_unstructured / ours {ratio_torch:6.2f}x")
+    ratio_paths = med["mask_kthvalue"] / med["mask_sorted"]
+    print(
+        f"  mask_kthvalue / mask_sorted {ratio_paths:6.2f}x  (keep_mask_exact uses "
+        f"{'sorted' if device.type == 'cuda' else 'kthvalue'} on {device.type}); "
+        f"identical masks: {paths_agree}"
+    )
     print(
         f"  check: ours pruned {pruned_ours:,}, torch pruned {pruned_torch:,}, "
         f"masks agree on {same:,} / {n_weights:,}"
     )
     if pruned_ours != n_prune:
         print("  ERROR: ours did not prune the exact count", file=sys.stderr)
+        return 1
+    if not paths_agree:
+        print("  ERROR: the two threshold paths gave different masks", file=sys.stderr)
         return 1
     return 1 if args.check and verdict == "FAIL" else 0
 
