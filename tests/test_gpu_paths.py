@@ -8,7 +8,10 @@ Tiny models on synthetic 8x8 data, float32, one or two epochs: well under a seco
 from __future__ import annotations
 
 import copy
+import importlib.util
 import pickle
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -284,6 +287,7 @@ def backward_raises(model, cuda):
             "compiled step failed (RuntimeError: backward capture failed); continuing eagerly",
         ),
     ],
+    ids=["compile", "forward", "backward"],
 )
 def test_failed_compile_falls_back_to_eager(data20, monkeypatch, fake_compile, expected_line):
     eager = pruned_cnn()
@@ -334,3 +338,17 @@ def test_gpus_per_trial_flag_defaults_to_none():
     assert resolve_spec(study, ["--quick", "--gpus-per-trial", "0.5"]).gpus_per_trial == 0.5
     with pytest.raises(UsageError, match=r"^--gpus-per-trial -1: must be >= 0"):
         resolve_spec(study, ["--quick", "--gpus-per-trial", "-1"])
+
+
+# ---------------------------------------------------------------- bench_gpu without CUDA
+
+
+def test_bench_gpu_without_cuda_says_so_and_exits_0(monkeypatch, capsys):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_gpu", bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main([]) == 0
+    assert capsys.readouterr().out == "bench_gpu: no CUDA device; nothing to measure\n"
