@@ -209,7 +209,8 @@ class ExperimentConfig:
         """The non-default fields that determine the dense baseline (all but the recipe).
 
         ``data.download`` and ``data.root`` say where the data comes from, not what it is, so they
-        are left out: the same baseline is found whichever folder held the files.
+        are left out: the same baseline is found whichever folder held the files. So is
+        ``train.compile``, which changes how fast the model trains, not what it learns.
         """
         key = non_default_fields(
             ExperimentConfig(
@@ -217,7 +218,7 @@ class ExperimentConfig:
                     self.data, root=DataConfig.root, download=DataConfig.download
                 ),
                 model=self.model,
-                train=self.train,
+                train=dataclasses.replace(self.train, compile=TrainConfig.compile),
                 seed=self.seed,
             )
         )

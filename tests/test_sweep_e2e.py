@@ -81,8 +81,9 @@ def test_two_trial_sweep_tracked_and_baseline_cached(tmp_path, ray_tmpdir):
     assert {"pareto.csv", "pareto.png", "report.md", "results.csv"} <= parent_artifacts
     assert parent.data.metrics["pareto_size"] >= 1
     assert first.runs["pareto"].any()
-    cached = os.listdir(tmp_path / "baselines")
-    assert len(cached) == 1
+    # the baseline file, and the lock file that keeps two sweeps from training it twice
+    cached = sorted(os.listdir(tmp_path / "baselines"))
+    assert len(cached) == 2 and cached[1] == cached[0] + ".lock"
     mtime = os.path.getmtime(tmp_path / "baselines" / cached[0])
 
     # the same sweep again: the baseline comes from the cache, not from training
