@@ -188,7 +188,7 @@ def main() -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: give comma-separated integers")
-    # 12: the smallest budget whose default is MO-ASHA (sweeps.scheduler.MO_ASHA_FROM_TRIALS)
+    # 12: the smallest budget whose default is MO-ASHA (sweeps.cli.EARLY_STOP_FROM_SAMPLES)
     trials = args.trials or (12 if args.quick else 16)
     random_trials = args.random_trials or trials
     if not seeds or trials < 1 or random_trials < 1 or args.eta < 2:

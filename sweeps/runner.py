@@ -669,7 +669,10 @@ def resume_argv(study: Study, argv: list[str]) -> list[str]:
     if not args.resume:
         return argv
     target = resolve_tracking_uri(args.tracking_uri)
-    parent = find_sweep(MlflowClient(tracking_uri=target.uri), args.resume)
+    if target.is_local_file and not os.path.isfile(target.uri[len("sqlite:///") :]):
+        parent = None  # no store, so no sweep (and MLflow is not asked, which would create one)
+    else:
+        parent = find_sweep(MlflowClient(tracking_uri=target.uri), args.resume)
     if parent is None:
         raise UsageError(
             f"--resume {args.resume!r}: no sweep of that name or parent run id in "

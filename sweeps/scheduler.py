@@ -49,25 +49,8 @@ from .analysis import Objective, ahead_counts, as_objectives
 # Keys of a trial's report that the scheduler reads (besides the objective metrics).
 RUNG_KEY = "rung"
 LAST_RUNG_KEY = "last_rung"
-# --early-stop choices, and the budget (trials) from which MO-ASHA is the default: below it,
-# grace (eta - 1 trials per rung always continue) leaves too few trials to halve.
-EARLY_STOP_CHOICES = ("none", "mo-asha")
-MO_ASHA_FROM_TRIALS = 12
+# The default eta: each rung keeps the top third.
 DEFAULT_ETA = 3
-
-
-def default_early_stop(num_samples: int) -> str:
-    """``mo-asha`` for sweeps of at least ``MO_ASHA_FROM_TRIALS`` (12) trials, else ``none``."""
-    return "mo-asha" if num_samples >= MO_ASHA_FROM_TRIALS else "none"
-
-
-def check_early_stop(name: str) -> str:
-    """``name`` if it is an early-stopping choice; else ``ValueError`` (one line)."""
-    if name not in EARLY_STOP_CHOICES:
-        raise ValueError(
-            f"early stopping {name!r} is unknown; choose from: {', '.join(EARLY_STOP_CHOICES)}"
-        )
-    return name
 
 
 @dataclass(frozen=True)

@@ -161,12 +161,15 @@ def test_ray_tune_scheduler_interface_with_fake_trials():
     assert again.stopped_at == {"t3": 1} and again.rungs.recorded == scheduler.rungs.recorded
 
 
-def test_early_stop_choices():
-    from sweeps.scheduler import check_early_stop, default_early_stop
+def test_early_stop_default_and_choices(capsys):
+    from sweeps.cli import EARLY_STOP_CHOICES, default_early_stop, resolve_spec
+    from sweeps.resnet18_iterative import STUDY
 
-    assert [default_early_stop(n) for n in (6, 11, 12, 100)] == ["none", "none", "mo-asha",
-                                                                  "mo-asha"]  # fmt: skip
-    assert check_early_stop("mo-asha") == "mo-asha"
-    with pytest.raises(ValueError, match=r"^early stopping 'nope' is unknown; choose from: none, "
-                       r"mo-asha$"):  # fmt: skip
-        check_early_stop("nope")
+    assert [default_early_stop(n, grid=False) for n in (6, 11, 12, 100)] == [
+        "none", "none", "mo-asha", "mo-asha"]  # fmt: skip
+    assert default_early_stop(100, grid=True) == "none"  # a study's protocol runs to its end
+    assert EARLY_STOP_CHOICES == ("none", "mo-asha")
+    assert resolve_spec(STUDY, ["--num-samples", "12"]).early_stop == "mo-asha"
+    with pytest.raises(SystemExit):
+        resolve_spec(STUDY, ["--early-stop", "nope"])
+    assert "argument --early-stop: invalid choice: 'nope'" in capsys.readouterr().err
