@@ -134,12 +134,13 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, ray_
     seen: set[int] = set()
     try:
 
-        def two_finished():
+        def two_finished_one_running():
+            # kill while a trial is mid-way: between two trials nothing would be left RUNNING
             seen.update(children_of(driver.pid))
-            done = {k: v for k, v in child_statuses(db).items() if v[0] == "FINISHED"}
-            return done if len(done) >= 2 else None
+            statuses = [s for s, _ in child_statuses(db).values()]
+            return statuses.count("FINISHED") >= 2 and "RUNNING" in statuses
 
-        wait_for(two_finished, 240, "2 finished trials", driver)
+        wait_for(two_finished_one_running, 240, "2 finished trials and a running one", driver)
         os.kill(driver.pid, signal.SIGKILL)  # a crash: no handler runs
         driver.wait(30)
     finally:
