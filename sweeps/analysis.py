@@ -253,11 +253,40 @@ def rank_and_crowding(
     return ranks, crowd
 
 
-def ahead_counts(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+def hypervolume_contributions(
+    values: np.ndarray, maximize: Sequence[bool], reference: Sequence[float]
+) -> np.ndarray:
+    """Per row of ``values`` (n x k, k = 2 or 3, no NaN): its exclusive hypervolume
+    contribution against ``reference``, the volume that only it dominates (the hypervolume of
+    all rows minus that of the others). Dominated rows, duplicates of another row and rows not
+    strictly better than the reference in every objective contribute 0."""
+    values = np.asarray(values, dtype=float)
+    total = hypervolume(values, maximize, reference)
+    out = np.zeros(len(values))
+    for i in range(len(values)):
+        out[i] = total - hypervolume(np.delete(values, i, axis=0), maximize, reference)
+    return np.clip(out, 0.0, None)
+
+
+def ahead_counts(
+    values: np.ndarray, maximize: Sequence[bool], reference: Sequence[float] | None = None
+) -> np.ndarray:
     """Per row of ``values`` (n x k, no NaN): how many other rows are strictly ahead of it by
-    (front, then larger crowding distance). Tied rows do not count each other, so 0 means
-    "among the best"; a top-m cut that keeps rows with fewer than m ahead keeps ties together."""
+    (front, then the tie-break within the front). Tied rows do not count each other, so 0 means
+    "among the best"; a top-m cut that keeps rows with fewer than m ahead keeps ties together.
+
+    Tie-break: with ``reference`` (in the objectives' units, 2 or 3 objectives), the larger
+    exclusive hypervolume contribution within the front (``hypervolume_contributions``): a point
+    ahead adds more of what the sweep is measured by, and an extreme point of little worth (a
+    model at 99% sparsity with chance accuracy) does not hold a place. Without one, NSGA-II's
+    larger crowding distance."""
     ranks, crowd = rank_and_crowding(values, maximize)
+    if reference is not None and len(reference) in (2, 3):
+        values = np.asarray(values, dtype=float)
+        crowd = np.zeros(len(values))
+        for front in np.unique(ranks):
+            idx = np.flatnonzero(ranks == front)
+            crowd[idx] = hypervolume_contributions(values[idx], maximize, reference)
     ahead = (ranks[None, :] < ranks[:, None]) | (
         (ranks[None, :] == ranks[:, None]) & (crowd[None, :] > crowd[:, None])
     )
@@ -386,6 +415,18 @@ def fixed_reference(
                 f"with its dense value given (dense values: {', '.join(dense) or '(none)'})"
             )
         out.append(bounds[0])
+    return tuple(out)
+
+
+def partial_fixed_reference(
+    objectives: str | Sequence[Objective], dense: Mapping[str, float]
+) -> tuple[float, ...]:
+    """``fixed_reference`` where each objective has one, NaN where it has none (an objective
+    with no fixed rule, or whose dense value is not known yet: latency before it is timed)."""
+    out = []
+    for o in as_objectives(objectives):
+        bounds = _fixed_bounds(o, dense)
+        out.append(bounds[0] if bounds is not None else math.nan)
     return tuple(out)
 
 

@@ -20,9 +20,11 @@ import pandas as pd
 from prune_core.baseline import load_or_train_baseline
 from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from prune_core.data import DatasetUnavailable, load_dataset
+from prune_core.metrics import count_parameters
+from prune_core.models import build_model
 from prune_core.train import pick_device
 
-from .analysis import analyse, parse_objectives, trial_table
+from .analysis import analyse, parse_objectives, partial_fixed_reference, trial_table
 from .cli import (
     Study,
     SweepSpec,
@@ -351,9 +353,10 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
     import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     from search_spaces import get_grid, get_space
+
+    from .searcher import RungAwareOptunaSearch
 
     started = time.perf_counter()
     objectives = parse_objectives(spec.objectives)
@@ -412,6 +415,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                 device = pick_device(None)
                 device_data = data.to(device)
                 baselines, accuracies, reused = {}, {}, []
+                dense_values: dict[str, float] = {}  # for the fixed reference (as analyse's)
                 baseline_seconds = 0.0
                 for model in spec.models:
                     cfg = base_config(spec, model)
@@ -427,6 +431,16 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                         "rewind_states": b.rewind_states,
                     }
                     accuracies[model] = b.test_accuracy
+                    dense_model = build_model(
+                        model, data.in_channels, data.num_classes, data.image_size
+                    )
+                    total = float(count_parameters(dense_model)[0])
+                    dense_values["nonzero_params"] = dense_values["total_params"] = max(
+                        total, dense_values.get("total_params", 0.0)
+                    )
+                    dense_values["test_accuracy"] = max(
+                        b.test_accuracy, dense_values.get("test_accuracy", 0.0)
+                    )
                     reused.append(b.reused)
                     client.set_tag(parent_id, f"baseline_source.{model}", source)
                     client.log_metric(parent_id, f"dense_test_accuracy.{model}", b.test_accuracy)
@@ -451,7 +465,9 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                 callbacks = [_trial_end_callback(context)]
                 scheduler = None
                 if spec.early_stop == "mo-asha":
-                    scheduler = MOASHAScheduler(objectives, spec.eta)
+                    scheduler = MOASHAScheduler(
+                        objectives, spec.eta, partial_fixed_reference(objectives, dense_values)
+                    )
                     ranked = [o.metric for o in objectives if o.metric in CONTRACT_METRICS]
                     later = [o.metric for o in objectives if o.metric not in CONTRACT_METRICS]
                     say(
@@ -485,14 +501,15 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                         spec.study, spec.quick, spec.space, models=spec.models,
                         limit=max(1, spec.num_samples // GRID_POINTS_SHARE),
                     )  # fmt: skip
-                    search = OptunaSearch(
+                    search = RungAwareOptunaSearch(
                         space,
                         metric=[o.metric for o in objectives],
                         mode=[o.mode for o in objectives],
                         points_to_evaluate=points or None,
                         sampler=make_sampler(
-                            spec.sampler, spec.seed, spec.num_samples, len(objectives)
-                        ),
+                            spec.sampler, spec.seed, spec.num_samples, len(objectives),
+                            enqueued=len(points),
+                        ),  # fmt: skip
                     )
                     tune_config = tune.TuneConfig(
                         search_alg=search,

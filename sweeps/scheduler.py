@@ -12,22 +12,34 @@ measured at that rung, and may carry ``last_rung`` (the trial's final rung):
 - a one-shot recipe: rung = fine-tune epoch. It prunes once, so its only intermediate points are
   the evaluations after each fine-tuning epoch; they show early whether the recipe recovers.
 
-Rule at rung r (``MOASHARungs.decide``). The values a trial reports at rung r are recorded; let n
-be the number of trials recorded at rung r, this one included.
+Rule at rung r (``MOASHARungs.decide``). The values a trial reports at rung r on its way (not its
+last rung) are recorded; let n be the number of trials recorded at rung r, this one included.
 
 1. Grace: with n < eta, the trial continues (too few trials to rank; the first eta - 1 trials to
    reach a rung always continue). Ray's ASHA instead compares against the trials so far from
    the second on, which with 6-16 trials stops recipes on one comparison.
 2. Otherwise the trial continues iff fewer than ceil(n / eta) of the trials recorded at rung r
    are strictly ahead of it: in a lower non-dominated front, or in the same front with a larger
-   crowding distance (``sweeps.analysis.ahead_counts``). That keeps the top 1/eta as ASHA's
+   exclusive hypervolume contribution against the sweep's fixed reference (accuracy 0, the
+   dense model's parameter count; ``sweeps.analysis.ahead_counts``). The sweep is judged by
+   that hypervolume, and NSGA-II's crowding distance would keep the extreme points of a front
+   whatever their worth: at rung 1 the grid's 99%-sparse model at chance accuracy is an extreme
+   and held one of the few places. Where an objective ranked has no fixed reference, or none is
+   given, the tie-break is the larger crowding distance. That keeps the top 1/eta as ASHA's
    percentile cutoff does (the same count for distinct values), and trials tied with the cut
    all continue.
 3. Ranking uses only the objectives that every trial recorded at rung r reported as a finite
    number: values that exist only at the end (latency, sizes: NaN before) and a value one trial
    lacks are left out for that decision; ``used_objectives(r)`` says which were used. With none
    usable, the trial continues.
-4. A trial's final rung (``last_rung``) is recorded but never stops it: its budget is spent.
+4. A trial's final rung (``last_rung``) never stops it (its budget is spent), and its values
+   are kept apart (``finished``), not ranked against: a recipe that ended at rung r is not a
+   point on the way to a target. Recipes here have different budgets (a one-shot recipe with
+   one fine-tune epoch ends at rung 1, a three-iteration one passes rung 1 at a third of its
+   sparsity), and in ASHA, where every trial has the same budget, a finished trial is only
+   ever at the top rung, where nothing is decided. Ranked against the grid's finished
+   one-shot models, iterative recipes were stopped at rung 1 for being less sparse, which they
+   are by construction.
 5. Decisions are final and asynchronous: a trial is judged once per rung, against the trials
    recorded there so far; later arrivals do not revive a stopped trial or stop a promoted one.
 
@@ -82,12 +94,27 @@ class MOASHARungs:
     the exact rule.
     """
 
-    def __init__(self, objectives: str | Sequence[Objective], eta: int = DEFAULT_ETA):
+    def __init__(
+        self,
+        objectives: str | Sequence[Objective],
+        eta: int = DEFAULT_ETA,
+        reference: Sequence[float] | None = None,
+    ):
         self.objectives = as_objectives(objectives)
         self.eta = check_eta(eta)
+        if reference is not None and len(reference) != len(self.objectives):
+            raise ValueError(
+                f"reference {tuple(reference)}: needs one value per objective "
+                f"({len(self.objectives)})"
+            )
+        # the sweep's fixed hypervolume reference (NaN where an objective has none): within a
+        # front, trials are ranked by their contribution to the hypervolume against it
+        self.reference = tuple(float(r) for r in reference) if reference is not None else None
         # rung -> trial id -> {metric: value}, in arrival order
         self.recorded: dict[int, dict[str, dict[str, float]]] = {}
         self.stopped_at: dict[str, int] = {}  # trial id -> the rung it was stopped at
+        # rung -> trial id -> {metric: value} of the trials that ended at that rung
+        self.finished: dict[int, dict[str, dict[str, float]]] = {}
         self.decisions: list[RungDecision] = []
         self._used: dict[int, tuple[str, ...]] = {}  # rung -> objectives of its last ranking
         self._decided: dict[tuple[str, int], RungDecision] = {}
@@ -109,7 +136,8 @@ class MOASHARungs:
         self, trial_id: str, rung: int, values: Mapping[str, Any], last: bool = False
     ) -> bool:
         """Record ``values`` (metric -> value) of ``trial_id`` at ``rung`` and return whether the
-        trial continues. ``last``: this is the trial's final rung (recorded, never stopped)."""
+        trial continues. ``last``: this is the trial's final rung (kept in ``finished``, never
+        stopped, not ranked against)."""
         rung = int(rung)
         if rung < 1:
             raise ValueError(f"rung {rung}: rungs are numbered from 1")
@@ -118,6 +146,16 @@ class MOASHARungs:
         earlier = self._decided.get((trial_id, rung))
         if earlier is not None:  # a repeated report of a rung already judged
             return earlier.continues
+        if last:
+            # a finished recipe: not a point on the way to a target, so not ranked against
+            # the trials that are on their way there
+            self.finished.setdefault(rung, {})[trial_id] = {
+                o.metric: self._finite(values.get(o.metric)) for o in self.objectives
+            }
+            decision = RungDecision(trial_id, rung, True, 0, 0, 0, (), "last rung")
+            self.decisions.append(decision)
+            self._decided[(trial_id, rung)] = decision
+            return True
         at_rung = self.recorded.setdefault(rung, {})
         at_rung[trial_id] = {o.metric: self._finite(values.get(o.metric)) for o in self.objectives}
         n = len(at_rung)
@@ -135,7 +173,10 @@ class MOASHARungs:
             continues, reason = True, "no objective"
         else:
             maximize = [self.objectives[i].mode == "max" for i in usable]
-            ahead = int(ahead_counts(matrix[:, usable], maximize)[ids.index(trial_id)])
+            ref = [self.reference[i] for i in usable] if self.reference is not None else None
+            if ref is not None and not all(math.isfinite(r) for r in ref):
+                ref = None  # no fixed reference for an objective ranked here: crowding distance
+            ahead = int(ahead_counts(matrix[:, usable], maximize, ref)[ids.index(trial_id)])
             continues, reason = ahead < keep, "ranked"
             self._used[rung] = used
         decision = RungDecision(trial_id, rung, continues, n, keep, ahead, used, reason)
@@ -157,9 +198,14 @@ class MOASHAScheduler(FIFOScheduler):
     stopped trial's id to its rung; ``used_objectives(rung)`` names what a rung was ranked on.
     """
 
-    def __init__(self, objectives: str | Sequence[Objective], eta: int = DEFAULT_ETA):
+    def __init__(
+        self,
+        objectives: str | Sequence[Objective],
+        eta: int = DEFAULT_ETA,
+        reference: Sequence[float] | None = None,
+    ):
         super().__init__()
-        self.rungs = MOASHARungs(objectives, eta)
+        self.rungs = MOASHARungs(objectives, eta, reference)
 
     @property
     def stopped_at(self) -> dict[str, int]:

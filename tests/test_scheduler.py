@@ -109,14 +109,23 @@ def test_missing_value_leaves_that_objective_out_of_the_rung():
     assert none.decisions[-1].reason == "no objective"
 
 
-def test_last_rung_never_stops():
+def test_last_rung_never_stops_and_is_not_ranked_against():
     rungs = MOASHARungs(ACC_PARAMS, eta=2)
     rungs.decide("a", 1, point(0.9, 100))
-    # dominated, but its final rung: recorded and kept (its budget is spent anyway)
+    # dominated, but its final rung: kept (its budget is spent anyway), recorded apart
     assert rungs.decide("b", 1, point(0.1, 900), last=True) is True
-    assert rungs.decisions[-1].reason == "last rung" and "b" in rungs.recorded[1]
-    # the recorded final value still counts against later arrivals: n = 3, keep 2
+    assert rungs.decisions[-1].reason == "last rung"
+    assert "b" in rungs.finished[1] and "b" not in rungs.recorded[1]
+    # a finished recipe is not a point on the way to a target: e, a 1-epoch recipe that ended
+    # at (0.99, 50), is not counted against the trials passing rung 1 on their way
+    assert rungs.decide("e", 1, point(0.99, 50), last=True) is True
+    # n = 2 (a, c), keep 1: c is dominated by a, one ahead: stopped
     assert rungs.decide("c", 1, point(0.05, 950)) is False
+    assert rungs.decisions[-1].at_rung == 2 and rungs.decisions[-1].ahead == 1
+    # n = 3, keep 2: d and a make the front (two points, both extremes): none ahead; e, which
+    # dominates both, would have been one ahead of each
+    assert rungs.decide("d", 1, point(0.95, 200)) is True
+    assert rungs.decisions[-1].at_rung == 3 and rungs.decisions[-1].ahead == 0
 
 
 @pytest.mark.parametrize("eta", [1, 0, -3, 2.5, "3", True, None])
@@ -173,3 +182,68 @@ def test_early_stop_default_and_choices(capsys):
     with pytest.raises(SystemExit):
         resolve_spec(STUDY, ["--early-stop", "nope"])
     assert "argument --early-stop: invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_stopped_trial_is_told_to_optuna_as_pruned_finished_one_as_complete():
+    """A trial MO-ASHA stopped at rung 1 of 3 reported an unfinished recipe's values: the sampler
+    must see it as PRUNED (no values); a finished trial as COMPLETE with its final values; a
+    diverged one (NaN, rung 0) as FAILED."""
+    from optuna.trial import TrialState
+
+    from sweeps.searcher import RungAwareOptunaSearch, stopped_early
+
+    def space(trial):
+        trial.suggest_float("x", 0.0, 1.0)
+
+    search = RungAwareOptunaSearch(
+        space, metric=["test_accuracy", "nonzero_params"], mode=["max", "min"], seed=0
+    )
+    for trial_id in ("stopped", "finished", "diverged"):
+        assert search.suggest(trial_id) is not None
+    stopped = {"test_accuracy": 0.97, "nonzero_params": 5000.0, "rung": 1, "last_rung": 3}
+    finished = {"test_accuracy": 0.90, "nonzero_params": 400.0, "rung": 3, "last_rung": 3}
+    diverged = {"test_accuracy": math.nan, "nonzero_params": math.nan, "rung": 0}
+    assert stopped_early(stopped) and not stopped_early(finished)
+    assert not stopped_early(diverged) and not stopped_early(None)
+    search.on_trial_complete("stopped", stopped)
+    search.on_trial_complete("finished", finished)
+    search.on_trial_complete("diverged", diverged)
+    trials = search._ot_study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[0].values is None
+    assert trials[1].values == [0.90, 400.0]
+    search.on_trial_complete("stopped", stopped)  # a repeated completion changes nothing
+    assert search._ot_study.get_trials(deepcopy=False)[0].state == TrialState.PRUNED
+
+
+def test_hypervolume_contributions_by_hand():
+    from sweeps.analysis import hypervolume_contributions
+
+    # (accuracy max, params min) against (0, 100): A only dominates acc (0.5, 0.9] x params
+    # [10, 100] = 0.4 * 90 = 36, less what D also covers, (0.5, 0.8] x [20, 100] = 0.3 * 80 = 24;
+    # B (0.1, 0.5] x [5, 10) = 0.4 * 5; C [0, 0.1] x [1, 5) = 0.1 * 4; D is dominated by A
+    values = [[0.9, 10], [0.5, 5], [0.1, 1], [0.8, 20]]
+    got = hypervolume_contributions(values, [True, False], (0.0, 100.0))
+    assert got == pytest.approx([12.0, 2.0, 0.4, 0.0])
+    assert hypervolume_contributions(values[:3], [True, False], (0.0, 100.0)) == pytest.approx(
+        [36.0, 2.0, 0.4]
+    )
+
+
+def test_reference_ranks_a_front_by_hypervolume_contribution_not_crowding():
+    """Three non-dominated trials at one rung, eta 3 (keep 1): the third to arrive, C (chance
+    accuracy at the highest sparsity), is an extreme of the front, so crowding distance keeps it;
+    against the fixed reference (accuracy 0, 100 dense parameters) it adds 0.4 of the front's
+    38.4 and A and B are ahead of it: stopped."""
+    for reference, c_continues, c_ahead in ((None, True, 0), ((0.0, 100.0), False, 2)):
+        rungs = MOASHARungs(ACC_PARAMS, eta=3, reference=reference)
+        assert rungs.decide("A", 1, point(0.9, 10)) and rungs.decide("B", 1, point(0.5, 5))
+        assert rungs.decide("C", 1, point(0.1, 1)) is c_continues
+        assert rungs.decisions[-1].ahead == c_ahead
+    # an objective with no fixed reference (NaN) falls back to crowding distance for that rung
+    rungs = MOASHARungs(THREE, eta=3, reference=(0.0, 100.0, math.nan))
+    for name, acc, params in (("A", 0.9, 10), ("B", 0.5, 5), ("C", 0.1, 1)):
+        go = rungs.decide(name, 1, point(acc, params, latency=float(params)))
+    assert go is True and rungs.decisions[-1].ahead == 0
+    with pytest.raises(ValueError, match="one value per objective"):
+        MOASHARungs(ACC_PARAMS, eta=3, reference=(0.0,))
