@@ -9,6 +9,8 @@ the first trials.
   (trials run in parallel: running trials count as bad so the sampler does not propose the same
   recipe twice). ``n_startup_trials`` scales with the budget, ``startup_trials(num_samples)`` =
   min(10, max(2, num_samples // 4)): Optuna's fixed 10 made a 6-16-trial sweep mostly random.
+  The enqueued grid recipes come on top: they are one family of recipes (the study's protocol),
+  and a model fit on them and two random trials proposed little but that family.
 - ``nsga2``: NSGA-II with ``population_size`` = ``population_size(num_samples)`` = num_samples //
   5 kept within 4..50, so a budget has at least five generations.
 - ``gp``: Gaussian-process Bayesian optimisation (``GPSampler``; multi-objective with log-EHVI
@@ -78,11 +80,16 @@ def check_sampler(name: str, n_objectives: int = 2) -> str:
     return name
 
 
-def make_sampler(name: str, seed: int | None, num_samples: int, n_objectives: int) -> Any:
+def make_sampler(
+    name: str, seed: int | None, num_samples: int, n_objectives: int, enqueued: int = 0
+) -> Any:
     """The ``optuna.samplers.BaseSampler`` ``name`` (one of ``SAMPLERS``) for a sweep of
     ``num_samples`` trials and ``n_objectives`` objectives, seeded with ``seed`` (see the module
-    docstring for each choice). Raises ``ValueError`` (one line) for an unknown name, a budget or
-    objective count below 1, or ``gp`` on an Optuna without multi-objective GP."""
+    docstring for each choice). ``enqueued``: how many of the trials are the study's grid
+    recipes, run first (``grid_points``); TPE and GP start their model only after those and
+    ``startup_trials(num_samples)`` random ones. Raises ``ValueError`` (one line) for an unknown
+    name, a budget or objective count below 1, or ``gp`` on an Optuna without multi-objective
+    GP."""
     import optuna
 
     if num_samples < 1:
@@ -90,6 +97,10 @@ def make_sampler(name: str, seed: int | None, num_samples: int, n_objectives: in
     if n_objectives < 1:
         raise ValueError(f"n_objectives {n_objectives}: must be an integer >= 1")
     check_sampler(name, n_objectives)
+    # Optuna counts every finished trial as a start-up trial, the enqueued grid recipes too; but
+    # those are one family (the study's protocol), not exploration of the space: a model fit
+    # on them alone proposes more of that family
+    n_startup = startup_trials(num_samples) + max(0, int(enqueued))
     with warnings.catch_warnings():
         # multivariate/group TPE and GPSampler are marked experimental; the choice is deliberate
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -98,7 +109,7 @@ def make_sampler(name: str, seed: int | None, num_samples: int, n_objectives: in
                 multivariate=True,
                 group=True,
                 constant_liar=True,
-                n_startup_trials=startup_trials(num_samples),
+                n_startup_trials=n_startup,
                 seed=seed,
             )
         if name == "nsga2":
@@ -107,7 +118,7 @@ def make_sampler(name: str, seed: int | None, num_samples: int, n_objectives: in
             )
         if name == "gp":
             return optuna.samplers.GPSampler(
-                seed=seed, n_startup_trials=startup_trials(num_samples)
+                seed=seed, n_startup_trials=n_startup
             )
         return optuna.samplers.RandomSampler(seed=seed)
 

@@ -463,6 +463,9 @@ def test_make_sampler_types_and_settings():
     assert isinstance(tpe, optuna.samplers.TPESampler)
     assert (tpe._multivariate, tpe._group, tpe._constant_liar) == (True, True, True)
     assert tpe._n_startup_trials == 4
+    # the study's grid recipes run first and are not random exploration: 5 enqueued + 4 random
+    assert make_sampler("tpe", 0, 16, 2, enqueued=5)._n_startup_trials == 9
+    assert make_sampler("gp", 0, 16, 2, enqueued=5)._n_startup_trials == 9
     nsga2 = make_sampler("nsga2", 0, 300, 3)
     assert isinstance(nsga2, optuna.samplers.NSGAIISampler) and nsga2._population_size == 50
     gp = make_sampler("gp", 0, 16, 2)  # multi-objective GP: Optuna >= 4.4
