@@ -356,7 +356,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
 
     from search_spaces import get_grid, get_space
 
-    from .searcher import RungAwareOptunaSearch
+    from .searcher import COST_METRIC, RungAwareOptunaSearch
 
     started = time.perf_counter()
     objectives = parse_objectives(spec.objectives)
@@ -503,8 +503,9 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                     )  # fmt: skip
                     search = RungAwareOptunaSearch(
                         space,
-                        metric=[o.metric for o in objectives],
-                        mode=[o.mode for o in objectives],
+                        # the sweep's objectives, and the trial's cost for the sampler alone
+                        metric=[o.metric for o in objectives] + [COST_METRIC],
+                        mode=[o.mode for o in objectives] + ["min"],
                         points_to_evaluate=points or None,
                         sampler=make_sampler(
                             spec.sampler, spec.seed, spec.num_samples, len(objectives),

@@ -317,7 +317,8 @@ def prune_trial(
         client.set_terminated(run_id, "FAILED")
         print(f"[{run_name}] {err}", flush=True)
         nan = dict.fromkeys((*CONTRACT_METRICS, *MEASURED_METRICS), float("nan"))
-        tune.report({**nan, "diverged": 1, "step": err.step, "rung": 0})
+        # epochs_run too: the searcher reads it (its cost objective) from every result
+        tune.report({**nan, "epochs_run": math.nan, "diverged": 1, "step": err.step, "rung": 0})
     except Exception as err:
         client.set_tag(run_id, "failure", "error")
         client.set_tag(run_id, "error", error_line(err))

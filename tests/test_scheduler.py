@@ -190,19 +190,26 @@ def test_stopped_trial_is_told_to_optuna_as_pruned_finished_one_as_complete():
     diverged one (NaN, rung 0) as FAILED."""
     from optuna.trial import TrialState
 
-    from sweeps.searcher import RungAwareOptunaSearch, stopped_early
+    from sweeps.searcher import COST_METRIC, RungAwareOptunaSearch, stopped_early
 
     def space(trial):
         trial.suggest_float("x", 0.0, 1.0)
 
+    # as the runner makes it: the sweep's objectives and the trial's cost (epochs) for the sampler
     search = RungAwareOptunaSearch(
-        space, metric=["test_accuracy", "nonzero_params"], mode=["max", "min"], seed=0
+        space,
+        metric=["test_accuracy", "nonzero_params", COST_METRIC],
+        mode=["max", "min", "min"],
+        seed=0,
     )
     for trial_id in ("stopped", "finished", "diverged"):
         assert search.suggest(trial_id) is not None
-    stopped = {"test_accuracy": 0.97, "nonzero_params": 5000.0, "rung": 1, "last_rung": 3}
-    finished = {"test_accuracy": 0.90, "nonzero_params": 400.0, "rung": 3, "last_rung": 3}
-    diverged = {"test_accuracy": math.nan, "nonzero_params": math.nan, "rung": 0}
+    stopped = {"test_accuracy": 0.97, "nonzero_params": 5000.0, COST_METRIC: 13.0, "rung": 1,
+               "last_rung": 3}  # fmt: skip
+    finished = {"test_accuracy": 0.90, "nonzero_params": 400.0, COST_METRIC: 39.0, "rung": 3,
+                "last_rung": 3}  # fmt: skip
+    diverged = {"test_accuracy": math.nan, "nonzero_params": math.nan, COST_METRIC: math.nan,
+                "rung": 0}  # fmt: skip
     assert stopped_early(stopped) and not stopped_early(finished)
     assert not stopped_early(diverged) and not stopped_early(None)
     search.on_trial_complete("stopped", stopped)
@@ -211,7 +218,7 @@ def test_stopped_trial_is_told_to_optuna_as_pruned_finished_one_as_complete():
     trials = search._ot_study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
     assert trials[0].values is None
-    assert trials[1].values == [0.90, 400.0]
+    assert trials[1].values == [0.90, 400.0, 39.0]
     search.on_trial_complete("stopped", stopped)  # a repeated completion changes nothing
     assert search._ot_study.get_trials(deepcopy=False)[0].state == TrialState.PRUNED
 
