@@ -117,9 +117,7 @@ def make_sampler(
                 population_size=population_size(num_samples), seed=seed
             )
         if name == "gp":
-            return optuna.samplers.GPSampler(
-                seed=seed, n_startup_trials=n_startup
-            )
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
         return optuna.samplers.RandomSampler(seed=seed)
 
 
