@@ -36,8 +36,8 @@ from .config import (
     TrainConfig,
 )
 from .data import DATASETS, DatasetUnavailable, load_dataset
-from .experiment import run_pruning
-from .models import MODELS
+from .experiment import run_pruning, select_targets
+from .models import MODELS, build_model
 from .pruning import PRUNING_METHODS
 from .schedules import SCHEDULES
 from .structured import nm_accelerable_fraction
@@ -189,6 +189,12 @@ def run(cfg: ExperimentConfig, device: torch.device, cache_dir: str | None) -> d
     """Run one recipe and return the JSON-ready report (dense, final, per-iteration, per-layer)."""
     start = time.perf_counter()
     data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download, cfg.seed).to(device)
+    if cfg.prune.layers:  # checked on the untrained model, before the dense training
+        model = build_model(cfg.model.name, data.in_channels, data.num_classes, data.image_size)
+        try:
+            select_targets(model, cfg)
+        except ValueError as err:
+            raise ValueError(str(err).replace("prune.layers", "--layers")) from None
     baseline = load_or_train_baseline(cfg, data, cache_dir)
     result = run_pruning(
         cfg, data, baseline.state, dense_test_accuracy=baseline.test_accuracy,

@@ -297,6 +297,8 @@ PRUNE_CORE_ROWS = [
     ),
     pytest.param(["--iterations", "abc"], ["--iterations", "'abc'"], id="iterations-not-int"),
     pytest.param(["--nope"], ["--nope"], id="unknown-flag"),
+    # a layer the model does not have: refused before the dense model is trained
+    pytest.param(["--layers", "nope"], ["--layers ['nope']", "allowed: "], id="layers-unknown"),
 ]
 
 
