@@ -85,15 +85,9 @@ class Result:
     seconds: float
 
 
-def epochs_of_run(row: dict, baseline_epochs: int) -> float:
-    """Fine-tune epochs one child run spent (``mlflow.search_runs`` row as a dict): its
-    ``epochs_run`` metric, else from the recipe: per prune step ``finetune_epochs`` (rewinding:
-    ``baseline_epochs - rewind_epoch``), times the steps it ran (all of them when it finished,
-    up to its ``early_stopped`` rung otherwise; rung = prune iteration, or fine-tune epoch for a
-    one-shot recipe)."""
-    logged = row.get("metrics.epochs_run")
-    if logged is not None and not (isinstance(logged, float) and math.isnan(logged)):
-        return float(logged)
+def recipe_steps(row: dict, baseline_epochs: int) -> tuple[str, int, int]:
+    """(schedule, prune steps, retraining epochs per step) of a child run's recipe: per step
+    ``finetune_epochs``, or with rewinding ``baseline_epochs - rewind_epoch``."""
     schedule = row.get("params.schedule") or "oneshot"
     steps = 1 if schedule == "oneshot" else int(float(row.get("params.iterations") or 1))
     retrain = row.get("params.retrain") or "finetune"
@@ -101,6 +95,18 @@ def epochs_of_run(row: dict, baseline_epochs: int) -> float:
         per_step = int(float(row.get("params.finetune_epochs") or 0))
     else:
         per_step = baseline_epochs - int(float(row.get("params.rewind_epoch") or 1))
+    return schedule, steps, per_step
+
+
+def epochs_of_run(row: dict, baseline_epochs: int) -> float:
+    """Fine-tune epochs one child run spent (``mlflow.search_runs`` row as a dict): its
+    ``epochs_run`` metric, else from the recipe (``recipe_steps``): the epochs of the steps it
+    ran (all of them when it finished, up to its ``early_stopped`` rung otherwise; rung = prune
+    iteration, or fine-tune epoch for a one-shot recipe)."""
+    logged = row.get("metrics.epochs_run")
+    if logged is not None and not (isinstance(logged, float) and math.isnan(logged)):
+        return float(logged)
+    schedule, steps, per_step = recipe_steps(row, baseline_epochs)
     total = steps * per_step
     tag = row.get("tags.early_stopped")
     if row.get("status") != "FINISHED" and isinstance(tag, str):
@@ -116,13 +122,9 @@ def first_rung_epochs(row: dict, baseline_epochs: int) -> float:
     """Epochs a child run had spent when it reached its first rung, the earliest point at which
     any early stopper could stop it: one fine-tune epoch for a one-shot recipe, one prune step's
     retraining for an iterative one; its whole cost when that is less."""
-    spent = epochs_of_run(row, baseline_epochs)
-    schedule = row.get("params.schedule") or "oneshot"
-    if schedule == "oneshot":
-        return min(spent, 1.0)
-    steps = max(1, int(float(row.get("params.iterations") or 1)))
-    return min(spent, epochs_of_run({**row, "status": "FINISHED", "metrics.epochs_run": None},
-                                    baseline_epochs) / steps)  # fmt: skip
+    schedule, _, per_step = recipe_steps(row, baseline_epochs)
+    first = 1.0 if schedule == "oneshot" else float(per_step)
+    return min(epochs_of_run(row, baseline_epochs), first)
 
 
 def perfect_stop_epochs(rows: list[dict], baseline_epochs: int) -> float:
