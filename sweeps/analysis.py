@@ -280,15 +280,19 @@ def ahead_counts(
     ahead adds more of what the sweep is measured by, and an extreme point of little worth (a
     model at 99% sparsity with chance accuracy) does not hold a place. Without one, NSGA-II's
     larger crowding distance."""
-    ranks, crowd = rank_and_crowding(values, maximize)
-    if reference is not None and len(reference) in (2, 3):
+    if reference is None or len(reference) not in (2, 3):
+        ranks, tie = rank_and_crowding(values, maximize)
+    else:
         values = np.asarray(values, dtype=float)
-        crowd = np.zeros(len(values))
+        ranks = non_dominated_ranks(values, maximize)
+        if (ranks < 0).any():
+            raise ValueError("ahead_counts needs finite values in every row")
+        tie = np.zeros(len(values))
         for front in np.unique(ranks):
             idx = np.flatnonzero(ranks == front)
-            crowd[idx] = hypervolume_contributions(values[idx], maximize, reference)
+            tie[idx] = hypervolume_contributions(values[idx], maximize, reference)
     ahead = (ranks[None, :] < ranks[:, None]) | (
-        (ranks[None, :] == ranks[:, None]) & (crowd[None, :] > crowd[:, None])
+        (ranks[None, :] == ranks[:, None]) & (tie[None, :] > tie[:, None])
     )
     return ahead.sum(axis=1)
 
@@ -405,17 +409,16 @@ def fixed_reference(
     the same reference, so their hypervolumes compare. Raises ``ValueError`` (one line) for an
     objective with no fixed rule or whose dense value is missing.
     """
-    out = []
-    for o in as_objectives(objectives):
-        bounds = _fixed_bounds(o, dense)
-        if bounds is None:
+    objs = as_objectives(objectives)
+    ref = partial_fixed_reference(objs, dense)
+    for o, r in zip(objs, ref, strict=True):
+        if math.isnan(r):
             raise ValueError(
                 f"objective {o} has no fixed reference: maximise one of "
                 f"{', '.join(ZERO_REFERENCE)}, or minimise one of {', '.join(DENSE_REFERENCE)} "
                 f"with its dense value given (dense values: {', '.join(dense) or '(none)'})"
             )
-        out.append(bounds[0])
-    return tuple(out)
+    return ref
 
 
 def partial_fixed_reference(
