@@ -146,39 +146,35 @@ class MOASHARungs:
         earlier = self._decided.get((trial_id, rung))
         if earlier is not None:  # a repeated report of a rung already judged
             return earlier.continues
+        point = {o.metric: self._finite(values.get(o.metric)) for o in self.objectives}
+        n = keep = ahead = 0
+        used: tuple[str, ...] = ()
         if last:
-            # a finished recipe: not a point on the way to a target, so not ranked against
-            # the trials that are on their way there
-            self.finished.setdefault(rung, {})[trial_id] = {
-                o.metric: self._finite(values.get(o.metric)) for o in self.objectives
-            }
-            decision = RungDecision(trial_id, rung, True, 0, 0, 0, (), "last rung")
-            self.decisions.append(decision)
-            self._decided[(trial_id, rung)] = decision
-            return True
-        at_rung = self.recorded.setdefault(rung, {})
-        at_rung[trial_id] = {o.metric: self._finite(values.get(o.metric)) for o in self.objectives}
-        n = len(at_rung)
-        keep = math.ceil(n / self.eta)
-        ids = list(at_rung)
-        matrix = np.array([[at_rung[t][o.metric] for o in self.objectives] for t in ids])
-        usable = [i for i in range(len(self.objectives)) if np.isfinite(matrix[:, i]).all()]
-        used = tuple(self.objectives[i].metric for i in usable)
-        ahead = 0
-        if last:
+            # a finished recipe: not a point on the way to a target, so kept apart and not
+            # ranked against the trials that are on their way there
+            self.finished.setdefault(rung, {})[trial_id] = point
             continues, reason = True, "last rung"
-        elif n < self.eta:
-            continues, reason = True, "grace"
-        elif not usable:
-            continues, reason = True, "no objective"
         else:
-            maximize = [self.objectives[i].mode == "max" for i in usable]
-            ref = [self.reference[i] for i in usable] if self.reference is not None else None
-            if ref is not None and not all(math.isfinite(r) for r in ref):
-                ref = None  # no fixed reference for an objective ranked here: crowding distance
-            ahead = int(ahead_counts(matrix[:, usable], maximize, ref)[ids.index(trial_id)])
-            continues, reason = ahead < keep, "ranked"
-            self._used[rung] = used
+            at_rung = self.recorded.setdefault(rung, {})
+            at_rung[trial_id] = point
+            n = len(at_rung)
+            keep = math.ceil(n / self.eta)
+            ids = list(at_rung)
+            matrix = np.array([[at_rung[t][o.metric] for o in self.objectives] for t in ids])
+            usable = [i for i in range(len(self.objectives)) if np.isfinite(matrix[:, i]).all()]
+            used = tuple(self.objectives[i].metric for i in usable)
+            if n < self.eta:
+                continues, reason = True, "grace"
+            elif not usable:
+                continues, reason = True, "no objective"
+            else:
+                maximize = [self.objectives[i].mode == "max" for i in usable]
+                ref = [self.reference[i] for i in usable] if self.reference is not None else None
+                if ref is not None and not all(math.isfinite(r) for r in ref):
+                    ref = None  # no fixed reference for an objective ranked here: crowding
+                ahead = int(ahead_counts(matrix[:, usable], maximize, ref)[ids.index(trial_id)])
+                continues, reason = ahead < keep, "ranked"
+                self._used[rung] = used
         decision = RungDecision(trial_id, rung, continues, n, keep, ahead, used, reason)
         self.decisions.append(decision)
         self._decided[(trial_id, rung)] = decision
