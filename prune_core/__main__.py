@@ -194,7 +194,9 @@ def run(cfg: ExperimentConfig, device: torch.device, cache_dir: str | None) -> d
         try:
             select_targets(model, cfg)
         except ValueError as err:
-            raise ValueError(str(err).replace("prune.layers", "--layers")) from None
+            raise ValueError(
+                str(err).replace("prune.layers", CONFIG_FLAGS["prune.layers"])
+            ) from None
     baseline = load_or_train_baseline(cfg, data, cache_dir)
     result = run_pruning(
         cfg, data, baseline.state, dense_test_accuracy=baseline.test_accuracy,

@@ -415,7 +415,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                 device = pick_device(None)
                 device_data = data.to(device)
                 baselines, accuracies, reused = {}, {}, []
-                dense_values: dict[str, float] = {}  # for the fixed reference (as analyse's)
+                dense_totals: list[float] = []  # parameter counts of the dense models
                 baseline_seconds = 0.0
                 for model in spec.models:
                     cfg = base_config(spec, model)
@@ -434,13 +434,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                     dense_model = build_model(
                         model, data.in_channels, data.num_classes, data.image_size
                     )
-                    total = float(count_parameters(dense_model)[0])
-                    dense_values["nonzero_params"] = dense_values["total_params"] = max(
-                        total, dense_values.get("total_params", 0.0)
-                    )
-                    dense_values["test_accuracy"] = max(
-                        b.test_accuracy, dense_values.get("test_accuracy", 0.0)
-                    )
+                    dense_totals.append(float(count_parameters(dense_model)[0]))
                     reused.append(b.reused)
                     client.set_tag(parent_id, f"baseline_source.{model}", source)
                     client.log_metric(parent_id, f"dense_test_accuracy.{model}", b.test_accuracy)
@@ -465,8 +459,12 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                 callbacks = [_trial_end_callback(context)]
                 scheduler = None
                 if spec.early_stop == "mo-asha":
+                    # the dense values the fixed reference needs, as analyse's: the largest model
+                    total = max(dense_totals)
+                    dense = {"nonzero_params": total, "total_params": total,
+                             "test_accuracy": max(accuracies.values())}  # fmt: skip
                     scheduler = MOASHAScheduler(
-                        objectives, spec.eta, partial_fixed_reference(objectives, dense_values)
+                        objectives, spec.eta, partial_fixed_reference(objectives, dense)
                     )
                     ranked = [o.metric for o in objectives if o.metric in CONTRACT_METRICS]
                     later = [o.metric for o in objectives if o.metric not in CONTRACT_METRICS]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from .scheduler import LAST_RUNG_KEY, RUNG_KEY
@@ -73,8 +74,6 @@ class RungAwareOptunaSearch(OptunaSearch):
         """Tell Optuna how ``trial_id`` ended: PRUNED when early stopping ended it, FAILED when
         an objective is not finite (divergence), else as ``OptunaSearch`` does (COMPLETE with
         its values, FAILED on an error)."""
-        from optuna.trial import TrialState
-
         if trial_id in self._completed_trials or error:
             return super().on_trial_complete(trial_id, result, error)
         if has_non_finite(result, self.metric):
