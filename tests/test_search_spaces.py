@@ -463,6 +463,8 @@ def test_make_sampler_types_and_settings():
     assert isinstance(tpe, optuna.samplers.TPESampler)
     assert (tpe._multivariate, tpe._group, tpe._constant_liar) == (True, True, True)
     assert tpe._n_startup_trials == 4
+    # a quarter of the finished trials are TPE's good ones (Optuna's default: a tenth), <= 25
+    assert [tpe._gamma(n) for n in (4, 10, 20, 36, 100, 200)] == [1, 3, 5, 9, 25, 25]
     # the study's grid recipes run first and are not random exploration: 5 enqueued + 4 random
     assert make_sampler("tpe", 0, 16, 2, enqueued=5)._n_startup_trials == 9
     assert make_sampler("gp", 0, 16, 2, enqueued=5)._n_startup_trials == 9
