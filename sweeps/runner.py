@@ -37,7 +37,7 @@ from .cli import (
 from .latency import remeasure_latency
 from .report import format_analysis, write_outputs
 from .scheduler import MOASHAScheduler
-from .search import grid_points, make_sampler
+from .search import grid_points, make_sampler, recipe_epochs
 from .tracking import (
     DEFAULT_TRACKING_URI,
     TrackingError,
@@ -56,6 +56,8 @@ from .trial import CONTRACT_METRICS, TrialContext, prune_trial, recipe_run_name
 
 # One search trial in this many starts from a recipe of the study's grid.
 GRID_POINTS_SHARE = 3
+# Samplers whose proposals the search picks by cost (``sweeps.searcher``, cost cooling).
+COST_AWARE_SAMPLERS = ("tpe", "gp")
 # Images per latency batch (the trials' own measurement uses the same).
 LATENCY_BATCH = 64
 # A dense baseline at most this far above chance accuracy (fraction) stops the sweep.
@@ -356,7 +358,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
 
     from search_spaces import get_grid, get_space
 
-    from .searcher import COST_METRIC, RungAwareOptunaSearch
+    from .searcher import RungAwareOptunaSearch
 
     started = time.perf_counter()
     objectives = parse_objectives(spec.objectives)
@@ -499,16 +501,26 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                         spec.study, spec.quick, spec.space, models=spec.models,
                         limit=max(1, spec.num_samples // GRID_POINTS_SHARE),
                     )  # fmt: skip
+                    sampler_factory = functools.partial(
+                        make_sampler, spec.sampler, num_samples=spec.num_samples,
+                        n_objectives=len(objectives), enqueued=len(points),
+                    )  # fmt: skip
+                    # a model sampler's proposals are picked by their cost (fine-tune epochs,
+                    # known from the recipe) as CArBO's cost cooling does; random search stays
+                    # the plain baseline, NSGA-II evolves a population of its own
+                    cost_aware = spec.sampler in COST_AWARE_SAMPLERS
+                    dense_epochs = spec.baseline_epochs
+                    recipe_cost = functools.partial(recipe_epochs, dense_epochs=dense_epochs)
                     search = RungAwareOptunaSearch(
                         space,
-                        # the sweep's objectives, and the trial's cost for the sampler alone
-                        metric=[o.metric for o in objectives] + [COST_METRIC],
-                        mode=[o.mode for o in objectives] + ["min"],
+                        metric=[o.metric for o in objectives],
+                        mode=[o.mode for o in objectives],
+                        cost=recipe_cost if cost_aware else None,
+                        sampler_factory=sampler_factory if cost_aware else None,
+                        budget=spec.num_samples,
+                        pick_seed=spec.seed,
                         points_to_evaluate=points or None,
-                        sampler=make_sampler(
-                            spec.sampler, spec.seed, spec.num_samples, len(objectives),
-                            enqueued=len(points),
-                        ),  # fmt: skip
+                        sampler=sampler_factory(spec.seed),
                     )
                     tune_config = tune.TuneConfig(
                         search_alg=search,
@@ -520,8 +532,10 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                     param_space = None
                     first = (f", the first {len(points)} from the study's grid" if points
                              else "")  # fmt: skip
+                    picks = (f"; each trial picked from {search.candidates} proposals by cost "
+                             "(fine-tune epochs, cost cooling)" if cost_aware else "")  # fmt: skip
                     say(f"Optuna search over space {spec.space!r}: {spec.num_samples} trials, "
-                        f"sampler {spec.sampler}{first}")  # fmt: skip
+                        f"sampler {spec.sampler}{first}{picks}")  # fmt: skip
                 say(
                     f"{spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
                     f"MLflow experiment {spec.experiment!r}, parent run {parent_id}"

@@ -1,5 +1,5 @@
 """The sweep's Ray Tune searcher: ``OptunaSearch`` that tells Optuna the truth about trials that
-early stopping ended.
+early stopping ended, and picks the sampler's proposals by their cost.
 
 Ray's ``OptunaSearch`` tells Optuna every trial that ended without an error as COMPLETE, with the
 objective values of its last report. A trial that MO-ASHA stopped at rung r < its last rung
@@ -11,13 +11,22 @@ a trial as PRUNED instead, with no values, as Optuna's own pruners do: Optuna's 
 it among the worse trials (``_split_trials`` puts pruned trials below every complete one), which
 is what the stop decided (it was outside the top 1/eta at a rung).
 
-The Optuna study has one objective more than the sweep: ``COST_METRIC``, the fine-tune epochs the
-trial ran (minimised). The sampler then prefers, of two recipes that reach the same point of the
-front, the cheaper one: in the quick MNIST space a one-shot recipe with learning-rate rewinding
-(13 epochs) reaches 96% sparsity at 0.97 accuracy as a gradual one (26-39 epochs) does. Only the
-sampler sees it; the front, the hypervolume and early stopping use the sweep's objectives.
-Measured with ``benchmarks/bench_search.py --quick`` (the same 3 seeds, no early stopping):
-167 fine-tune epochs and hypervolume 0.9353 without it, 124 epochs and 0.9345 with it.
+Cost-aware proposals (CArBO's cost cooling: Lee, Perrone, Archambeau and Seeger, "Cost-aware
+Bayesian Optimization", 2020). Recipes differ in cost by more than an order of magnitude, and the
+cost is known before a recipe runs: its fine-tune epochs (``sweeps.search.recipe_epochs``). In
+the quick MNIST space a one-shot fine-tune recipe runs 1-2 epochs, a three-step rewinding one
+39-45. With ``cost`` and ``sampler_factory``, every trial the search proposes itself (after the
+study's enqueued grid recipes) is picked from ``candidates`` proposals of the sweep's own sampler,
+drawn on a throw-away copy of the study (its running trials included, so TPE's constant liar
+still sees them; the study itself records only the trial that runs): candidate i with
+probability proportional to cost_i ** -alpha. alpha falls linearly from 1 at the search's first
+own trial to 0 at its last (``cooling_alpha``): early on, with little known, cheap recipes are
+tried first; as the budget runs out, the sampler's choice counts alone, and an expensive recipe
+the sampler prefers still runs. During the sampler's random start-up the candidates are random
+recipes, so that is CArBO's cost-effective initial design. The search then runs more recipes
+for the same epochs; ``benchmarks/bench_search.py`` compares it with random search at equal
+epochs. Every trial still reports its epochs (``COST_METRIC``), but they are not an Optuna
+objective: the sampler learns where the front is, the pick weighs what finding it costs.
 
 A diverged trial reports NaN objectives. Optuna 5 refuses NaN values in ``tell``, and
 ``OptunaSearch`` only logs that refusal, which left the trial RUNNING in the Optuna study for the
@@ -27,16 +36,20 @@ rest of the sweep. ``RungAwareOptunaSearch`` tells it as FAILED.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from .scheduler import LAST_RUNG_KEY, RUNG_KEY
 
-# Reported by every trial: the fine-tune (or rewound retraining) epochs it ran. The sampler's
-# extra objective (minimised), never one of the sweep's.
+# Reported by every trial: the fine-tune (or rewound retraining) epochs it ran.
 COST_METRIC = "epochs_run"
+# Proposals of the sampler among which each cost-aware pick is made.
+DEFAULT_CANDIDATES = 8
 
 
 def stopped_early(result: dict[str, Any] | None) -> bool:
@@ -63,10 +76,105 @@ def has_non_finite(result: dict[str, Any] | None, metrics: list[str] | str | Non
     return False
 
 
+def cooled_cost_weights(costs: list[float], alpha: float) -> np.ndarray:
+    """Probabilities of picking each candidate of cost ``costs`` (epochs, floored at 1):
+    proportional to cost ** -alpha, normalised. alpha 1 favours cheap candidates in inverse
+    proportion to their cost, alpha 0 picks uniformly (CArBO's cost cooling)."""
+    c = np.maximum(np.asarray(costs, dtype=float), 1.0)
+    w = c ** -max(0.0, float(alpha))
+    return w / w.sum()
+
+
+def cooling_alpha(started: int, initial: int, budget: int) -> float:
+    """CArBO's cost-cooling exponent after ``started`` trials of a ``budget``, the first
+    ``initial`` of which were enqueued: 1 for the first trial the search proposes itself,
+    falling linearly to 0 at the last trial of the budget."""
+    span = budget - initial
+    if span <= 0:
+        return 0.0
+    return min(1.0, max(0.0, (budget - started) / span))
+
+
 class RungAwareOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells a trial stopped before its last rung as PRUNED and a trial
     with a NaN or infinite objective as FAILED (see the module docstring); every other trial is
-    told as ``OptunaSearch`` tells it."""
+    told as ``OptunaSearch`` tells it. With ``cost`` (a recipe's epochs, known before it runs)
+    and ``sampler_factory`` (the study's sampler for a given seed), each trial the search
+    proposes itself is the cost-cooled pick of ``candidates`` proposals of that sampler."""
+
+    def __init__(
+        self,
+        *args: Any,
+        cost: Callable[[dict[str, Any]], float] | None = None,
+        sampler_factory: Callable[[int | None], Any] | None = None,
+        candidates: int = DEFAULT_CANDIDATES,
+        budget: int | None = None,
+        pick_seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._cost = cost
+        self._sampler_factory = sampler_factory
+        self._candidates = candidates
+        self._budget = budget
+        self._pick_seed = pick_seed
+        self._initial = len(kwargs.get("points_to_evaluate") or [])
+        # one entry per cost-aware pick: (alpha, the candidates' costs, the index picked)
+        self.picks: list[tuple[float, tuple[float, ...], int]] = []
+
+    @property
+    def candidates(self) -> int:
+        """Proposals of the sampler each cost-aware pick chooses from."""
+        return self._candidates
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """As ``OptunaSearch.suggest``; for a cost-aware search (see the class docstring) the
+        proposal is picked first and enqueued, once the study's own points are used up."""
+        if (
+            self._cost is not None
+            and self._sampler_factory is not None
+            and callable(self._space)
+            and self._ot_study is not None
+            and trial_id not in self._ot_trials
+            and not self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        ):
+            self._ot_study.enqueue_trial(self._cost_aware_pick())
+        return super().suggest(trial_id)
+
+    def _cost_aware_pick(self) -> dict[str, Any]:
+        """Draw ``candidates`` proposals from the sampler on a copy of the study (so that the
+        study itself sees only the trial that runs) and pick one with probability
+        proportional to cost ** -alpha (``cooled_cost_weights``, ``cooling_alpha``)."""
+        trials = [
+            t for t in self._ot_study.get_trials(deepcopy=False)
+            if t.state != TrialState.WAITING
+        ]  # fmt: skip
+        started = len(trials)
+        # one seed per pick: the same sweep seed proposes the same recipes
+        seed = None if self._pick_seed is None else self._pick_seed * 1_000_003 + started
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per throw-away study
+        try:
+            scratch = optuna.create_study(
+                directions=self._ot_study.directions, sampler=self._sampler_factory(seed)
+            )
+            scratch.add_trials(trials)  # copies: the study's own trials are not touched
+            proposals: list[dict[str, Any]] = []
+            costs: list[float] = []
+            for _ in range(max(1, self._candidates)):
+                trial = scratch.ask()
+                constants = self._space(trial) or {}
+                proposals.append(dict(trial.params))
+                costs.append(float(self._cost({**trial.params, **constants})))
+                scratch.tell(trial, state=TrialState.FAIL)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        budget = self._budget or started + 1
+        alpha = cooling_alpha(started, self._initial, budget)
+        rng = np.random.default_rng(seed)
+        index = int(rng.choice(len(proposals), p=cooled_cost_weights(costs, alpha)))
+        self.picks.append((alpha, tuple(costs), index))
+        return proposals[index]
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

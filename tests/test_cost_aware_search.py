@@ -1,0 +1,123 @@
+"""The cost-aware search: a recipe's epochs known before it runs, CArBO's cost-cooled pick of the
+sampler's proposals, and that the Optuna study records only the trials that run."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from sweeps.search import make_sampler, recipe_epochs
+from sweeps.searcher import RungAwareOptunaSearch, cooled_cost_weights, cooling_alpha
+
+DENSE_EPOCHS = 15
+
+
+@pytest.mark.parametrize(
+    "recipe, epochs",
+    [
+        # one-shot, 2 fine-tune epochs
+        ({"schedule": "oneshot", "iterations": 1, "finetune_epochs": 2}, 2),
+        # 3 prune steps x 2 fine-tune epochs
+        ({"schedule": "iterative", "iterations": 3, "finetune_epochs": 2}, 6),
+        # weight rewinding to epoch 2 replays 15 - 2 = 13 epochs per step, 2 steps
+        ({"schedule": "gradual", "iterations": 2, "retrain": "weight_rewind",
+          "rewind_epoch": 2}, 26),
+        # learning-rate rewinding to epoch 1, one shot: 14; a search-only key is ignored
+        ({"retrain": "lr_rewind", "rewind_epoch": 1, "log_density": -1.0, "model": "cnn"}, 14),
+    ],
+)  # fmt: skip
+def test_recipe_epochs_by_hand(recipe, epochs):
+    assert recipe_epochs({"method": "global_magnitude", **recipe}, DENSE_EPOCHS) == epochs
+
+
+def test_cooled_cost_weights_by_hand():
+    # alpha 1: inversely proportional to cost, 1 : 1/2 : 1/4 -> 4/7, 2/7, 1/7
+    assert cooled_cost_weights([1, 2, 4], 1.0) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    # alpha 0.5: 1 : 1/2 (sqrt 4 = 2) -> 2/3, 1/3
+    assert cooled_cost_weights([1, 4], 0.5) == pytest.approx([2 / 3, 1 / 3])
+    # alpha 0: uniform; costs below one epoch count as one (a recipe with no fine-tuning)
+    assert cooled_cost_weights([1, 40, 3], 0.0) == pytest.approx([1 / 3] * 3)
+    assert cooled_cost_weights([0, 1], 1.0) == pytest.approx([0.5, 0.5])
+
+
+def test_cooling_alpha_by_hand():
+    # 12 trials, 4 enqueued: 1 at the search's first own trial, then down by 1/8 per trial
+    assert cooling_alpha(4, 4, 12) == 1.0
+    assert cooling_alpha(8, 4, 12) == 0.5
+    assert cooling_alpha(11, 4, 12) == 0.125
+    assert cooling_alpha(12, 4, 12) == 0.0
+    assert cooling_alpha(20, 4, 12) == 0.0  # past the budget (a resumed sweep): no preference
+    assert cooling_alpha(0, 4, 4) == 0.0  # every trial enqueued: nothing to pick
+
+
+def _space(trial):
+    """A cheap and a dear branch with the same parameter, as pruning recipes have."""
+    kind = trial.suggest_categorical("kind", ["cheap", "dear"])
+    trial.suggest_float("x", 0.0, 1.0)
+    return {"epochs": 1 if kind == "cheap" else 10**6}
+
+
+def _cost(recipe):
+    return recipe["epochs"]
+
+
+def _search(cost_aware: bool, budget: int, points=None) -> RungAwareOptunaSearch:
+    factory = functools.partial(make_sampler, "tpe", num_samples=budget, n_objectives=2,
+                                enqueued=len(points or []))  # fmt: skip
+    return RungAwareOptunaSearch(
+        _space,
+        metric=["acc", "params"],
+        mode=["max", "min"],
+        points_to_evaluate=points,
+        sampler=factory(0),
+        cost=_cost if cost_aware else None,
+        sampler_factory=factory if cost_aware else None,
+        budget=budget,
+        pick_seed=0,
+    )
+
+
+def _run(search: RungAwareOptunaSearch, n: int) -> list[dict]:
+    configs = []
+    for i in range(n):
+        config = search.suggest(f"t{i}")
+        configs.append(config)
+        # the dear branch is no better, so nothing teaches the sampler to prefer it
+        search.on_trial_complete(f"t{i}", {"acc": config["x"], "params": 1.0})
+    return configs
+
+
+def test_cost_aware_picks_cheap_recipes_while_alpha_is_high():
+    budget = 16
+    points = [{"kind": "dear", "x": 0.5}]
+    search = _search(True, budget, points)
+    configs = _run(search, budget)
+    # the enqueued grid recipe runs first, as given, whatever it costs
+    assert configs[0]["kind"] == "dear" and configs[0]["x"] == 0.5
+    # every own trial was a pick among 8 proposals, with alpha from 1 down by 1/15 per trial
+    assert len(search.picks) == budget - 1
+    assert [a for a, _, _ in search.picks] == pytest.approx([(16 - s) / 15 for s in range(1, 16)])
+    assert all(len(costs) == 8 for _, costs, _ in search.picks)
+    # while alpha >= 0.5 a dear proposal weighs <= 1e6 ** -0.5 = 1e-3 against a cheap one: the
+    # pick is cheap whenever one proposal was; only an all-dear choice runs a dear recipe
+    mixed = 0
+    for (alpha, costs, index), config in zip(search.picks, configs[1:], strict=True):
+        assert config["epochs"] == costs[index]
+        if alpha >= 0.5 and min(costs) == 1:
+            mixed += max(costs) > 1
+            assert config["kind"] == "cheap"
+    assert mixed >= 3  # the rule was put to the test, not only met by all-cheap proposals
+    # without the cost, the same sampler runs the dear branch in about half of those trials
+    plain = _run(_search(False, budget, points), budget)
+    assert sum(c["kind"] == "dear" for c in plain[1:9]) >= 2
+
+
+def test_the_study_records_only_the_trials_that_run():
+    search = _search(True, 6)
+    configs = _run(search, 6)
+    trials = search._ot_study.get_trials(deepcopy=False)
+    # one trial per suggestion (the 8 candidates per pick lived on a throw-away copy)
+    assert len(trials) == 6
+    assert [t.params["x"] for t in trials] == [c["x"] for c in configs]
+    assert all(t.state.name == "COMPLETE" for t in trials)
