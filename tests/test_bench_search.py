@@ -50,3 +50,30 @@ def test_first_rung_and_perfect_stopper():
     assert first == [1.0, 2.0, 13.0, 1.0, 15.0]
     # front (rows 0 and 2) in full: 1 + 26; the rest at their first rung: 2 + 1 + 15
     assert bench_search.perfect_stop_epochs(ROWS, BASELINE_EPOCHS) == pytest.approx(45.0)
+
+
+def test_anytime_curve_charges_started_runs_in_full():
+    import math
+
+    def timed(status, start, end, acc, params, epochs):
+        return {"status": status, "start_time": start, "end_time": end,
+                "metrics.test_accuracy": acc, "metrics.nonzero_params": params,
+                "metrics.epochs_run": epochs}  # fmt: skip
+
+    rows = [
+        timed("FINISHED", 0, 10, 0.9, 5000.0, 2.0),  # A
+        timed("FINISHED", 5, 30, 0.8, 2000.0, 10.0),  # B
+        timed("KILLED", 20, 40, 0.95, 9000.0, 4.0),  # C, stopped early: never on the front
+    ]
+    curve = bench_search.anytime_curve(rows, BASELINE_EPOCHS, (0.0, 10000.0))
+    # A ends: A and B have started, B charged in full: 2 + 10; front {A}: 0.9 x 5000 / 10000
+    # B ends: C has started too: 16; front {A, B}: 0.8 x 8000 + 0.1 x 5000 = 6900 -> 0.69
+    # C ends: still 16 epochs, and a stopped run adds nothing to the front
+    assert [e for e, _ in curve] == [12.0, 16.0, 16.0]
+    assert [hv for _, hv in curve] == pytest.approx([0.45, 0.69, 0.69])
+    assert bench_search.hypervolume_at(curve, 11.0) == 0.0
+    assert bench_search.hypervolume_at(curve, 15.9) == pytest.approx(0.45)
+    assert bench_search.hypervolume_at(curve, 16.0) == pytest.approx(0.69)
+    assert bench_search.epochs_to_reach(curve, 0.45) == 12.0
+    assert bench_search.epochs_to_reach(curve, 0.5) == 16.0
+    assert math.isnan(bench_search.epochs_to_reach(curve, 0.7))
