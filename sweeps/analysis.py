@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,6 +235,26 @@ def crowding_distance(values: np.ndarray, maximize: Sequence[bool] | None = None
     return dist[inverse]
 
 
+def _ranks_and_tie_break(
+    values: np.ndarray,
+    maximize: Sequence[bool],
+    within_front: Callable[[np.ndarray], np.ndarray],
+    caller: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``values`` (n x k, no NaN): its front (``non_dominated_ranks``) and
+    ``within_front(rows of that front)``, its tie-break value there (larger is ahead).
+    ``caller`` names the function in the error for a row with a NaN."""
+    values = np.asarray(values, dtype=float)
+    ranks = non_dominated_ranks(values, maximize)
+    if (ranks < 0).any():
+        raise ValueError(f"{caller} needs finite values in every row")
+    tie = np.zeros(len(values))
+    for front in np.unique(ranks):
+        idx = np.flatnonzero(ranks == front)
+        tie[idx] = within_front(values[idx])
+    return ranks, tie
+
+
 def rank_and_crowding(
     values: np.ndarray, maximize: Sequence[bool]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -242,15 +262,7 @@ def rank_and_crowding(
     crowding distance within that front. A row is ahead of another when its front is lower, or
     the front is the same and its crowding distance larger (it covers a sparser part of the
     front); equal pairs are tied."""
-    values = np.asarray(values, dtype=float)
-    ranks = non_dominated_ranks(values, maximize)
-    if (ranks < 0).any():
-        raise ValueError("rank_and_crowding needs finite values in every row")
-    crowd = np.zeros(len(values))
-    for front in np.unique(ranks):
-        idx = np.flatnonzero(ranks == front)
-        crowd[idx] = crowding_distance(values[idx])
-    return ranks, crowd
+    return _ranks_and_tie_break(values, maximize, crowding_distance, "rank_and_crowding")
 
 
 def hypervolume_contributions(
@@ -283,14 +295,10 @@ def ahead_counts(
     if reference is None or len(reference) not in (2, 3):
         ranks, tie = rank_and_crowding(values, maximize)
     else:
-        values = np.asarray(values, dtype=float)
-        ranks = non_dominated_ranks(values, maximize)
-        if (ranks < 0).any():
-            raise ValueError("ahead_counts needs finite values in every row")
-        tie = np.zeros(len(values))
-        for front in np.unique(ranks):
-            idx = np.flatnonzero(ranks == front)
-            tie[idx] = hypervolume_contributions(values[idx], maximize, reference)
+        ranks, tie = _ranks_and_tie_break(
+            values, maximize,
+            lambda front: hypervolume_contributions(front, maximize, reference), "ahead_counts",
+        )  # fmt: skip
     ahead = (ranks[None, :] < ranks[:, None]) | (
         (ranks[None, :] == ranks[:, None]) & (tie[None, :] > tie[:, None])
     )
