@@ -162,6 +162,13 @@ class PruneConfig:
         if self.schedule == "oneshot":
             _check(self.iterations == 1, "prune.iterations", self.iterations, "1 for oneshot")
 
+    def epochs_per_step(self, dense_epochs: int) -> int:
+        """Retraining epochs after each prune step: ``finetune_epochs``, or with rewinding the
+        rest of the dense schedule from ``rewind_epoch`` (``dense_epochs - rewind_epoch``)."""
+        if self.retrain == "finetune":
+            return self.finetune_epochs
+        return dense_epochs - self.rewind_epoch
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:

@@ -254,7 +254,7 @@ def run_pruning(
             recalibrate_batch_norm(model, data, cfg.data.batch_size)
             targets = select_targets(model, cfg)
         label = f"retrain step {step}/{len(schedule)}"
-        retrain_epochs = p.finetune_epochs if p.retrain == "finetune" else t.epochs - p.rewind_epoch
+        retrain_epochs = p.epochs_per_step(t.epochs)
         on_epoch = None
         if epoch_report is not None and len(schedule) == 1:
 

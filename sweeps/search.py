@@ -269,5 +269,4 @@ def recipe_epochs(recipe: dict[str, Any], dense_epochs: int) -> int:
     from search_spaces import RECIPE_KEYS
 
     p = PruneConfig(**{k: v for k, v in recipe.items() if k in RECIPE_KEYS})
-    per_step = p.finetune_epochs if p.retrain == "finetune" else dense_epochs - p.rewind_epoch
-    return p.iterations * per_step
+    return p.iterations * p.epochs_per_step(dense_epochs)

@@ -78,9 +78,9 @@ def retraining(cfg: ExperimentConfig) -> tuple[int, float]:
     """
     p, t = cfg.prune, cfg.train
     if p.retrain == "finetune":
-        return p.finetune_epochs, p.lr
+        return p.epochs_per_step(t.epochs), p.lr
     start = 0.5 * (1.0 + math.cos(math.pi * p.rewind_epoch / t.epochs))
-    return t.epochs - p.rewind_epoch, t.lr * start
+    return p.epochs_per_step(t.epochs), t.lr * start
 
 
 def recipe_run_name(model: str, recipe: dict[str, Any], dense_epochs: int | None = None) -> str:
