@@ -378,8 +378,9 @@ def main() -> int:
     targets = {seed: r.hypervolume for seed, r in rnd_runs.items()}
     head = f"{'search':<20}{'trials':>7}{'HV at E/2':>10}{'min':>7}{'max':>7}{'HV at E':>9}"
     print(head + f"{'epochs to HV_r':>16}{'final HV':>10}{'epochs run':>12}{'perfect stop':>14}")
+    summaries = {v.name: summary(results, v.name, budgets, targets) for v in variants}
     for v in variants:
-        t = summary(results, v.name, budgets, targets)
+        t = summaries[v.name]
         reach = (f"{t['reach_mean']:.1f} ({t['reached']}/{t['seeds']})" if t["reached"]
                  else f"never (0/{t['seeds']})")  # fmt: skip
         print(
@@ -397,8 +398,7 @@ def main() -> int:
     names = [v.name for v in variants]
     if "random" not in names or not names[0].endswith("mo-asha"):
         return 0  # the target compares the default with early stopping against random search
-    best = summary(results, variants[0].name, budgets, targets)
-    rnd = summary(results, "random", budgets, targets)
+    best, rnd = summaries[variants[0].name], summaries["random"]
     hv_ratio = best["half_mean"] / rnd["hv_mean"] if rnd["hv_mean"] else math.nan
     ok = hv_ratio >= 1.0
     print(

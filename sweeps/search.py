@@ -30,6 +30,7 @@ space: TPE below 250 trials, NSGA-II from there on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ def good_trials(n: int) -> int:
     return min(math.ceil(GOOD_SHARE * n), MAX_GOOD_TRIALS)
 
 
+@functools.cache
 def _tpe_accepts_gamma() -> bool:
     """Whether this Optuna's ``TPESampler`` still takes ``gamma`` (deprecated in 4.9, to be
     removed in 6.0; without it TPE keeps its own default)."""

@@ -169,8 +169,8 @@ class RungAwareOptunaSearch(OptunaSearch):
                 scratch.tell(trial, state=TrialState.FAIL)
         finally:
             optuna.logging.set_verbosity(verbosity)
-        budget = self._budget or started + 1
-        alpha = cooling_alpha(started, self._initial, budget)
+        # without a budget there is no end to cool towards: cheap first throughout
+        alpha = cooling_alpha(started, self._initial, self._budget) if self._budget else 1.0
         rng = np.random.default_rng(seed)
         index = int(rng.choice(len(proposals), p=cooled_cost_weights(costs, alpha)))
         self.picks.append((alpha, tuple(costs), index))
