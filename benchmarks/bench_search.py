@@ -271,6 +271,45 @@ def summary(
     }  # fmt: skip
 
 
+def parse_seeds(text: str) -> list[int]:
+    """Seeds from ``text``: comma-separated integers or inclusive ranges, "0,1,2" or "0-14" or
+    "0-2,7". Raises ``ValueError`` on anything else or on a descending range."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        low, sep, high = part.partition("-")
+        if sep and low:
+            first, last = int(low), int(high)
+            if last < first:
+                raise ValueError(f"range {part!r} runs backwards")
+            seeds.extend(range(first, last + 1))
+        else:
+            seeds.append(int(part))
+    return seeds
+
+
+def paired_ratios(
+    results: list[Result], name: str, budgets: dict[int, float], targets: dict[int, float]
+) -> dict[int, float]:
+    """Seed -> ``name``'s hypervolume at half of random search's epochs of that seed, divided
+    by random search's hypervolume of that seed (the target's ratio, one seed at a time)."""
+    return {
+        r.seed: hypervolume_at(r.curve, budgets[r.seed] / 2) / targets[r.seed]
+        for r in results
+        if r.variant == name and r.seed in budgets and targets.get(r.seed)
+    }
+
+
+def mean_and_error(values: list[float]) -> tuple[float, float]:
+    """The mean of ``values`` and its standard error (sample standard deviation / sqrt(n);
+    NaN with fewer than two values)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, statistics.stdev(values) / math.sqrt(len(values))
+
+
 def missing_flags() -> list[str]:
     """The runner flags this benchmark needs that the sweep command line does not have."""
     from sweeps.cli import build_parser
@@ -285,7 +324,9 @@ def main() -> int:
     target is missed."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="random search 12 trials (default 16)")
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    ap.add_argument(
+        "--seeds", default="0,1,2", help="comma-separated seeds or ranges: 0,1,2 (default), 0-14"
+    )
     ap.add_argument(
         "--trials", type=int, help="most trials of the default searches (3 x --random-trials)"
     )
@@ -301,9 +342,9 @@ def main() -> int:
     )
     args = ap.parse_args()
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = parse_seeds(args.seeds)
     except ValueError:
-        ap.error(f"--seeds {args.seeds!r}: give comma-separated integers")
+        ap.error(f"--seeds {args.seeds!r}: give comma-separated integers or ranges (0-14)")
     # 12: the smallest budget whose default is MO-ASHA (sweeps.cli.EARLY_STOP_FROM_SAMPLES).
     # The default searches may run 3x as many trials: they are compared at random search's
     # epochs, not its trial count, and a cost-aware search runs cheaper trials
@@ -406,6 +447,16 @@ def main() -> int:
         f"{best['half_mean']:.4f} against random search's {rnd['hv_mean']:.4f} with all of them: "
         f"{hv_ratio:.3f}x (target >= 1): {'PASS' if ok else 'FAIL'}"
     )
+    # the same ratio seed by seed: how far one seed's verdict is from another's
+    ratios = paired_ratios(results, variants[0].name, budgets, targets)
+    if ratios:
+        mean, err = mean_and_error(list(ratios.values()))
+        print(
+            "per seed, HV at E/2 over HV_r: "
+            + ", ".join(f"{seed}: {ratio:.3f}" for seed, ratio in sorted(ratios.items()))
+            + f"; mean {mean:.3f}"
+            + (f" +- {err:.3f} (standard error over {len(ratios)} seeds)" if err == err else "")
+        )
     # what early stopping alone could do: random search's own trials under a perfect stopper
     print(
         f"random search's trials under a perfect stopper (front in full, the rest stopped at "

@@ -77,3 +77,37 @@ def test_anytime_curve_charges_started_runs_in_full():
     assert bench_search.epochs_to_reach(curve, 0.45) == 12.0
     assert bench_search.epochs_to_reach(curve, 0.5) == 16.0
     assert math.isnan(bench_search.epochs_to_reach(curve, 0.7))
+
+
+def test_seeds_parse_as_lists_and_ranges():
+    assert bench_search.parse_seeds("0,1,2") == [0, 1, 2]
+    assert bench_search.parse_seeds("0-3") == [0, 1, 2, 3]
+    assert bench_search.parse_seeds("0-2, 7,") == [0, 1, 2, 7]
+    for bad in ("3-1", "a", "1-b"):
+        with pytest.raises(ValueError):
+            bench_search.parse_seeds(bad)
+
+
+def test_paired_ratios_and_their_standard_error():
+    def result(variant, seed, curve):
+        return bench_search.Result(
+            variant=variant, seed=seed, trials=3, finished=3, stopped=0, failed=0,
+            hypervolume=curve[-1][1], hypervolume_raw=0.0, reference=(), epochs=curve[-1][0],
+            perfect_stop_epochs=0.0, front=1, seconds=0.0, curve=curve,
+        )  # fmt: skip
+
+    results = [
+        result("tpe + mo-asha", 0, [(4.0, 0.80), (10.0, 0.90), (30.0, 0.95)]),
+        result("tpe + mo-asha", 1, [(12.0, 0.70), (20.0, 0.99)]),
+        result("random", 0, [(20.0, 0.90)]),
+        result("random", 1, [(20.0, 0.80)]),
+    ]
+    budgets, targets = {0: 20.0, 1: 20.0}, {0: 0.90, 1: 0.80}
+    ratios = bench_search.paired_ratios(results, "tpe + mo-asha", budgets, targets)
+    # at 10 epochs: seed 0 has 0.90 (reached at 10), seed 1 nothing yet (its first run ends at 12)
+    assert ratios == pytest.approx({0: 1.0, 1: 0.0})
+    mean, err = bench_search.mean_and_error([1.0, 0.0])
+    # standard deviation of (1, 0) is sqrt(0.5); over sqrt(2) seeds: 0.5
+    assert (mean, err) == pytest.approx((0.5, 0.5))
+    one = bench_search.mean_and_error([0.97])
+    assert one[0] == 0.97 and one[1] != one[1]  # NaN with one seed
