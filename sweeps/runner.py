@@ -52,7 +52,13 @@ from .tracking import (
     sweep_child_runs,
     tagged_child_runs,
 )
-from .trial import CONTRACT_METRICS, TrialContext, prune_trial, recipe_run_name
+from .trial import (
+    CONTRACT_METRICS,
+    REUSED_BY_TAG,
+    TrialContext,
+    prune_trial,
+    recipe_run_name,
+)
 
 # One search trial in this many starts from a recipe of the study's grid.
 GRID_POINTS_SHARE = 3
@@ -284,6 +290,16 @@ def _last_line(path: str | None) -> str:
     except OSError:
         return ""
     return lines[-1][:500] if lines else ""
+
+
+def reused_trials(children: Any) -> int:
+    """How many trials reused the result of a child run in ``children`` (an
+    ``mlflow.search_runs`` frame) instead of running its recipe again: the trial ids in their
+    ``reused_by`` tags."""
+    column = f"tags.{REUSED_BY_TAG}"
+    if column not in children:
+        return 0
+    return sum(len([t for t in str(v).split(",") if t]) for v in children[column].dropna())
 
 
 def _trial_end_callback(ctx: TrialContext) -> Any:
@@ -591,6 +607,12 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                     accuracies,
                 )  # fmt: skip
                 failures = _failed_children(client, experiment_id, parent_id)
+                reusing = reused_trials(finished)
+                if reusing:
+                    say(f"{reusing} trial(s) proposed a recipe this sweep had already run and "
+                        f"reused its result, not run again (tag {REUSED_BY_TAG} on its run); "
+                        f"finished child runs: {len(finished)}")  # fmt: skip
+                client.log_metric(parent_id, "reused_trials", reusing)
                 if scheduler is not None:
                     used = sorted({m for d in scheduler.decisions for m in d.objectives})
                     client.set_tag(parent_id, "early_stop_objectives", ",".join(used))

@@ -38,6 +38,9 @@ from .tracking import log_metrics, log_params, tagged_child_runs
 
 # Per-step metrics of the MLflow contract, reported to Tune and logged with step = prune iteration.
 CONTRACT_METRICS = ("test_accuracy", "sparsity", "nonzero_params", "total_params")
+# Tag of a FINISHED child run whose result later trials reused (the same recipe proposed again):
+# their trial ids, comma-separated.
+REUSED_BY_TAG = "reused_by"
 
 
 # Recipe keys that become PruneConfig fields (the rest of a recipe, e.g. ``model``, is not).
@@ -219,7 +222,18 @@ def prune_trial(
     earlier = earlier_runs(client, context, trial_id, config_hash)
     for old in earlier:
         if old.info.status == "FINISHED":
-            print(f"[{run_name}] finished before the sweep was interrupted: not run again")
+            first = old.data.tags.get("trial_id", "")
+            if first and first != trial_id:
+                # the search proposed a recipe this sweep has run already (densities are rounded
+                # to 2 significant digits, so two samples can make one recipe): the run is
+                # seeded, so its result is this trial's too; the run says which trials reused it
+                reused = {t for t in old.data.tags.get(REUSED_BY_TAG, "").split(",") if t}
+                reused.add(trial_id)
+                client.set_tag(old.info.run_id, REUSED_BY_TAG, ",".join(sorted(reused)))
+                print(f"[{run_name}] the same recipe as trial {first}, which finished (run "
+                      f"{old.info.run_id}): its result is reused, not run again")  # fmt: skip
+            else:
+                print(f"[{run_name}] finished before the sweep was interrupted: not run again")
             tune.report(_replay_finished(old, last_step, last_rung))
             return
     attempt = 1 + max((int(r.data.tags.get("attempt", 1)) for r in earlier), default=0)

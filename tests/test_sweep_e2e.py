@@ -97,3 +97,35 @@ def test_two_trial_sweep_tracked_and_baseline_cached(tmp_path, ray_tmpdir):
     assert client.get_run(second.parent_run_id).data.tags["baseline_source"] == "cache"
     all_runs = mlflow.search_runs(experiment_ids=[exp.experiment_id])
     assert len(all_runs) == 2 + 3  # two parents, three children
+
+
+def one_recipe_space(trial, quick: bool = False) -> dict:
+    """A space with one recipe: every trial the search proposes is the same one."""
+    trial.suggest_categorical("method", ("global_magnitude",))
+    return {"target_sparsity": 0.5, "schedule": "oneshot", "finetune_epochs": 1, "lr": 0.01}
+
+
+@pytest.mark.slow
+def test_a_recipe_proposed_again_reuses_its_run_and_says_so(
+    tmp_path, ray_tmpdir, monkeypatch, capfd
+):
+    from search_spaces import SPACES
+
+    monkeypatch.setitem(SPACES._items, "one_recipe", one_recipe_space)
+    args = [*sweep_args(tmp_path, 3), "--space", "one_recipe", "--max-concurrent", "1",
+            "--early-stop", "none"]  # fmt: skip
+    outcome = run_sweep(resolve_spec(STUDY, args))
+    assert outcome.failed_trials == 0
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_ids=[outcome.experiment_id])
+    children = runs[runs["tags.mlflow.parentRunId"] == outcome.parent_run_id]
+    # three trials, one recipe: one child run, and the two later trials named on it
+    assert len(children) == 1 and children["status"].iloc[0] == "FINISHED"
+    first = children["tags.trial_id"].iloc[0]
+    reused_by = children["tags.reused_by"].iloc[0].split(",")
+    assert len(reused_by) == 2 and first not in reused_by and len(set(reused_by)) == 2
+    parent = MlflowClient(uri).get_run(outcome.parent_run_id)
+    assert parent.data.metrics["reused_trials"] == 2
+    err = capfd.readouterr().err  # the driver's progress lines (the trials' come via Ray)
+    assert "2 trial(s) proposed a recipe this sweep had already run" in err
