@@ -44,6 +44,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search_spaces import SEARCH_KEYS
+
 from .scheduler import LAST_RUNG_KEY, RUNG_KEY
 
 # Reported by every trial: the fine-tune (or rewound retraining) epochs it ran.
@@ -161,12 +163,21 @@ class RungAwareOptunaSearch(OptunaSearch):
             scratch.add_trials(trials)  # copies: the study's own trials are not touched
             proposals: list[dict[str, Any]] = []
             costs: list[float] = []
+            recipes: list[dict[str, Any]] = []
             for _ in range(max(1, self._candidates)):
                 trial = scratch.ask()
                 constants = self._space(trial) or {}
                 proposals.append(dict(trial.params))
+                recipes.append(self._recipe(trial.params, constants))
                 costs.append(float(self._cost({**trial.params, **constants})))
                 scratch.tell(trial, state=TrialState.FAIL)
+            # a recipe the sweep has run or is running gives no new point (the trial would reuse
+            # that run's result): such candidates are dropped, unless every candidate is one
+            known = [self._recipe(t.params) for t in trials]
+            fresh = [i for i, r in enumerate(recipes) if r not in known]
+            if fresh and len(fresh) < len(proposals):
+                proposals = [proposals[i] for i in fresh]
+                costs = [costs[i] for i in fresh]
         finally:
             optuna.logging.set_verbosity(verbosity)
         # without a budget there is no end to cool towards: cheap first throughout
@@ -175,6 +186,16 @@ class RungAwareOptunaSearch(OptunaSearch):
         index = int(rng.choice(len(proposals), p=cooled_cost_weights(costs, alpha)))
         self.picks.append((alpha, tuple(costs), index))
         return proposals[index]
+
+    def _recipe(
+        self, params: dict[str, Any], constants: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The recipe the space makes of Optuna ``params`` (its constants recomputed when not
+        given), without the keys only the sampler sees (``log_density``): two samples that
+        round to one target sparsity are one recipe."""
+        if constants is None:
+            constants = self._space(optuna.trial.FixedTrial(params)) or {}
+        return {k: v for k, v in {**params, **constants}.items() if k not in SEARCH_KEYS}
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

@@ -121,3 +121,30 @@ def test_the_study_records_only_the_trials_that_run():
     assert len(trials) == 6
     assert [t.params["x"] for t in trials] == [c["x"] for c in configs]
     assert all(t.state.name == "COMPLETE" for t in trials)
+
+
+def _four_recipes(trial):
+    """Four recipes: the density bucket a sampled ``log_density`` rounds to, as the sweep's
+    spaces round it to two significant digits."""
+    bucket = trial.suggest_categorical("bucket", [0, 1, 2, 3])
+    trial.suggest_float("log_density", 0.0, 1.0)  # search-only: not part of the recipe
+    return {"target_sparsity": 0.9 + bucket / 100}
+
+
+def test_picks_skip_recipes_the_sweep_has_run():
+    factory = functools.partial(make_sampler, "random", num_samples=6, n_objectives=2)
+    search = RungAwareOptunaSearch(
+        _four_recipes, metric=["acc", "params"], mode=["max", "min"], sampler=factory(0),
+        cost=lambda recipe: 1.0, sampler_factory=factory, budget=6, pick_seed=0,
+        candidates=32,  # all 32 repeat one of 3 recipes run: (3/4)^32 ~ 1e-4
+    )  # fmt: skip
+    buckets = []
+    for i in range(6):
+        config = search.suggest(f"t{i}")
+        buckets.append(config["bucket"])
+        search.on_trial_complete(f"t{i}", {"acc": 0.5, "params": 1.0})
+    # each of the first four trials is a recipe not run yet (4 random trials without that
+    # rule cover all four recipes 4!/4^4 = 9% of the time; log_density differs every time)
+    assert sorted(buckets[:4]) == [0, 1, 2, 3]
+    # then every candidate repeats one: the search still proposes (the trial reuses its run)
+    assert set(buckets[4:]) <= {0, 1, 2, 3} and len(buckets) == 6
