@@ -23,7 +23,10 @@ probability proportional to cost_i ** -alpha. alpha falls linearly from 1 at the
 own trial to 0 at its last (``cooling_alpha``): early on, with little known, cheap recipes are
 tried first; as the budget runs out, the sampler's choice counts alone, and an expensive recipe
 the sampler prefers still runs. During the sampler's random start-up the candidates are random
-recipes, so that is CArBO's cost-effective initial design. The search then runs more recipes
+recipes, so that is CArBO's cost-effective initial design. A candidate whose recipe the sweep
+has run or is running (the space rounds ``log_density`` to two significant digits, so two
+samples can make one recipe) is dropped before the pick, unless every candidate is one: the
+trial would only reuse that run's result (``sweeps.trial``). The search then runs more recipes
 for the same epochs; ``benchmarks/bench_search.py`` compares it with random search at equal
 epochs. Every trial still reports its epochs (``COST_METRIC``), but they are not an Optuna
 objective: the sampler learns where the front is, the pick weighs what finding it costs.
