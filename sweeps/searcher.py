@@ -169,14 +169,14 @@ class RungAwareOptunaSearch(OptunaSearch):
             recipes: list[dict[str, Any]] = []
             for _ in range(max(1, self._candidates)):
                 trial = scratch.ask()
-                constants = self._space(trial) or {}
+                recipe = self._recipe(trial)
                 proposals.append(dict(trial.params))
-                recipes.append(self._recipe(trial.params, constants))
-                costs.append(float(self._cost({**trial.params, **constants})))
+                recipes.append(recipe)
+                costs.append(float(self._cost(recipe)))
                 scratch.tell(trial, state=TrialState.FAIL)
             # a recipe the sweep has run or is running gives no new point (the trial would reuse
             # that run's result): such candidates are dropped, unless every candidate is one
-            known = [self._recipe(t.params) for t in trials]
+            known = [self._recipe(optuna.trial.FixedTrial(t.params)) for t in trials]
             fresh = [i for i, r in enumerate(recipes) if r not in known]
             if fresh and len(fresh) < len(proposals):
                 proposals = [proposals[i] for i in fresh]
@@ -190,15 +190,13 @@ class RungAwareOptunaSearch(OptunaSearch):
         self.picks.append((alpha, tuple(costs), index))
         return proposals[index]
 
-    def _recipe(
-        self, params: dict[str, Any], constants: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """The recipe the space makes of Optuna ``params`` (its constants recomputed when not
-        given), without the keys only the sampler sees (``log_density``): two samples that
-        round to one target sparsity are one recipe."""
-        if constants is None:
-            constants = self._space(optuna.trial.FixedTrial(params)) or {}
-        return {k: v for k, v in {**params, **constants}.items() if k not in SEARCH_KEYS}
+    def _recipe(self, trial: Any) -> dict[str, Any]:
+        """The recipe the space makes of ``trial`` (an Optuna trial, or a ``FixedTrial`` that
+        replays a study trial's params): its suggestions and constants, without the keys only
+        the sampler sees (``log_density``), so two samples that round to one target sparsity
+        are one recipe."""
+        constants = self._space(trial) or {}
+        return {k: v for k, v in {**trial.params, **constants}.items() if k not in SEARCH_KEYS}
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

@@ -80,10 +80,11 @@ def retraining(cfg: ExperimentConfig) -> tuple[int, float]:
     cosine, 0.5 * (1 + cos(pi * rewind_epoch / train.epochs)) times ``train.lr``).
     """
     p, t = cfg.prune, cfg.train
+    epochs = p.epochs_per_step(t.epochs)
     if p.retrain == "finetune":
-        return p.epochs_per_step(t.epochs), p.lr
+        return epochs, p.lr
     start = 0.5 * (1.0 + math.cos(math.pi * p.rewind_epoch / t.epochs))
-    return p.epochs_per_step(t.epochs), t.lr * start
+    return epochs, t.lr * start
 
 
 def recipe_run_name(model: str, recipe: dict[str, Any], dense_epochs: int | None = None) -> str:
