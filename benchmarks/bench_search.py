@@ -245,6 +245,12 @@ def run_one(variant: Variant, seed: int, tmp: str, cache: str, args: argparse.Na
     )
 
 
+def hypervolume_at_half(result: Result, budgets: dict[int, float]) -> float:
+    """``result``'s hypervolume when it had spent half of random search's epochs of its seed
+    (``budgets``: seed -> epochs)."""
+    return hypervolume_at(result.curve, budgets[result.seed] / 2)
+
+
 def summary(
     results: list[Result], name: str, budgets: dict[int, float], targets: dict[int, float]
 ) -> dict[str, float]:
@@ -253,7 +259,7 @@ def summary(
     random search's hypervolume of that seed (``targets``: seed -> hypervolume; mean over the
     seeds that reached it, and how many did), its final hypervolume and the epochs it ran."""
     mine = [r for r in results if r.variant == name]
-    half = [hypervolume_at(r.curve, budgets[r.seed] / 2) for r in mine if r.seed in budgets]
+    half = [hypervolume_at_half(r, budgets) for r in mine if r.seed in budgets]
     full = [hypervolume_at(r.curve, budgets[r.seed]) for r in mine if r.seed in budgets]
     reach = [epochs_to_reach(r.curve, targets[r.seed]) for r in mine if r.seed in targets]
     reached = [e for e in reach if not math.isnan(e)]
@@ -295,7 +301,7 @@ def paired_ratios(
     """Seed -> ``name``'s hypervolume at half of random search's epochs of that seed, divided
     by random search's hypervolume of that seed (the target's ratio, one seed at a time)."""
     return {
-        r.seed: hypervolume_at(r.curve, budgets[r.seed] / 2) / targets[r.seed]
+        r.seed: hypervolume_at_half(r, budgets) / targets[r.seed]
         for r in results
         if r.variant == name and r.seed in budgets and targets.get(r.seed)
     }
@@ -451,11 +457,13 @@ def main() -> int:
     ratios = paired_ratios(results, variants[0].name, budgets, targets)
     if ratios:
         mean, err = mean_and_error(list(ratios.values()))
+        n = len(ratios)
+        spread = "" if math.isnan(err) else f" +- {err:.3f} (standard error over {n} seeds)"
         print(
             "per seed, HV at E/2 over HV_r: "
             + ", ".join(f"{seed}: {ratio:.3f}" for seed, ratio in sorted(ratios.items()))
             + f"; mean {mean:.3f}"
-            + (f" +- {err:.3f} (standard error over {len(ratios)} seeds)" if err == err else "")
+            + spread
         )
     # what early stopping alone could do: random search's own trials under a perfect stopper
     print(
