@@ -452,6 +452,9 @@ def test_default_sampler_and_budget_rules():
     ]  # fmt: skip
     # a quarter of the budget, 2..10
     assert [startup_trials(n) for n in (1, 6, 16, 40, 100)] == [2, 2, 4, 10, 10]
+    # after the study's grid recipes, 2 whatever the budget
+    assert [startup_trials(n, 5) for n in (1, 6, 16, 40, 100)] == [2, 2, 2, 2, 2]
+    assert startup_trials(40, 0) == 10
     # a fifth of the budget, 4..50
     assert [population_size(n) for n in (6, 16, 100, 1000)] == [4, 4, 20, 50]
 
@@ -465,9 +468,9 @@ def test_make_sampler_types_and_settings():
     assert tpe._n_startup_trials == 4
     # a quarter of the finished trials are TPE's good ones (Optuna's default: a tenth), <= 25
     assert [tpe._gamma(n) for n in (4, 10, 20, 36, 100, 200)] == [1, 3, 5, 9, 25, 25]
-    # the study's grid recipes run first and are not random exploration: 5 enqueued + 4 random
-    assert make_sampler("tpe", 0, 16, 2, enqueued=5)._n_startup_trials == 9
-    assert make_sampler("gp", 0, 16, 2, enqueued=5)._n_startup_trials == 9
+    # the study's grid recipes run first and are not random exploration: 5 enqueued + 2 random
+    assert make_sampler("tpe", 0, 16, 2, enqueued=5)._n_startup_trials == 7
+    assert make_sampler("gp", 0, 36, 2, enqueued=5)._n_startup_trials == 7
     nsga2 = make_sampler("nsga2", 0, 300, 3)
     assert isinstance(nsga2, optuna.samplers.NSGAIISampler) and nsga2._population_size == 50
     gp = make_sampler("gp", 0, 16, 2)  # multi-objective GP: Optuna >= 4.4
