@@ -141,7 +141,10 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, ray_
             return statuses.count("FINISHED") >= 2 and "RUNNING" in statuses
 
         wait_for(two_finished_one_running, 240, "2 finished trials and a running one", driver)
-        os.kill(driver.pid, signal.SIGKILL)  # a crash: no handler runs
+        # a crash: no handler runs. The driver's workers go with it: a worker left running
+        # could finish its trial and log it FINISHED before the cleanup below killed it
+        seen.update(children_of(driver.pid))
+        kill_all(seen | {driver.pid})
         driver.wait(30)
     finally:
         seen.update(children_of(driver.pid))
