@@ -34,6 +34,11 @@ def test_recipe_epochs_by_hand(recipe, epochs):
 def test_cooled_cost_weights_by_hand():
     # alpha 1: inversely proportional to cost, 1 : 1/2 : 1/4 -> 4/7, 2/7, 1/7
     assert cooled_cost_weights([1, 2, 4], 1.0) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    # ... so each candidate's expected epochs (probability x cost) are the same, 4/7
+    assert cooled_cost_weights([1, 2, 4], 1.0) * [1, 2, 4] == pytest.approx([4 / 7] * 3)
+    # alpha 2 (the start of the cooling): 1 : 1/4 : 1/16 -> 16/21, 4/21, 1/21; expected epochs
+    # 16/21, 8/21, 4/21: the dearer a candidate, the fewer epochs it takes in expectation
+    assert cooled_cost_weights([1, 2, 4], 2.0) == pytest.approx([16 / 21, 4 / 21, 1 / 21])
     # alpha 0.5: 1 : 1/2 (sqrt 4 = 2) -> 2/3, 1/3
     assert cooled_cost_weights([1, 4], 0.5) == pytest.approx([2 / 3, 1 / 3])
     # alpha 0: uniform; costs below one epoch count as one (a recipe with no fine-tuning)
@@ -42,10 +47,10 @@ def test_cooled_cost_weights_by_hand():
 
 
 def test_cooling_alpha_by_hand():
-    # 12 trials, 4 enqueued: 1 at the search's first own trial, then down by 1/8 per trial
-    assert cooling_alpha(4, 4, 12) == 1.0
-    assert cooling_alpha(8, 4, 12) == 0.5
-    assert cooling_alpha(11, 4, 12) == 0.125
+    # 12 trials, 4 enqueued: 2 at the search's first own trial, then down by 2/8 per trial
+    assert cooling_alpha(4, 4, 12) == 2.0
+    assert cooling_alpha(8, 4, 12) == 1.0
+    assert cooling_alpha(11, 4, 12) == 0.25
     assert cooling_alpha(12, 4, 12) == 0.0
     assert cooling_alpha(20, 4, 12) == 0.0  # past the budget (a resumed sweep): no preference
     assert cooling_alpha(0, 4, 4) == 0.0  # every trial enqueued: nothing to pick
@@ -95,9 +100,11 @@ def test_cost_aware_picks_cheap_recipes_while_alpha_is_high():
     configs = _run(search, budget)
     # the enqueued grid recipe runs first, as given, whatever it costs
     assert configs[0]["kind"] == "dear" and configs[0]["x"] == 0.5
-    # every own trial was a pick among 8 proposals, with alpha from 1 down by 1/15 per trial
+    # every own trial was a pick among 8 proposals, with alpha from 2 down by 2/15 per trial
     assert len(search.picks) == budget - 1
-    assert [a for a, _, _ in search.picks] == pytest.approx([(16 - s) / 15 for s in range(1, 16)])
+    assert [a for a, _, _ in search.picks] == pytest.approx(
+        [2 * (16 - s) / 15 for s in range(1, 16)]
+    )
     assert all(len(costs) == 8 for _, costs, _ in search.picks)
     # while alpha >= 0.5 a dear proposal weighs <= 1e6 ** -0.5 = 1e-3 against a cheap one: the
     # pick is cheap whenever one proposal was; only an all-dear choice runs a dear recipe
