@@ -98,6 +98,28 @@ def test_two_trial_sweep_tracked_and_baseline_cached(tmp_path, ray_tmpdir):
     all_runs = mlflow.search_runs(experiment_ids=[exp.experiment_id])
     assert len(all_runs) == 2 + 3  # two parents, three children
 
+    # two sweeps, different trials (2 and 1), one reference: the parent runs' pareto_hypervolume
+    # is measured against the fixed point (accuracy 0, the dense CNN's 22,602 parameters), logged
+    # beside it, and equals the area each sweep's own runs dominate up to that point
+    for outcome in (first, second):
+        metrics = client.get_run(outcome.parent_run_id).data.metrics
+        tags = client.get_run(outcome.parent_run_id).data.tags
+        assert metrics["pareto_reference.test_accuracy"] == 0.0
+        assert metrics["pareto_reference.nonzero_params"] == 22_602.0
+        assert tags["pareto_reference_kinds"] == "fixed,fixed"
+        mine = all_runs[all_runs["tags.mlflow.parentRunId"] == outcome.parent_run_id]
+        points = sorted(
+            zip(mine["metrics.nonzero_params"], mine["metrics.test_accuracy"], strict=True)
+        )
+        # integral over p in [0, 22602] of the best accuracy among runs with <= p parameters
+        edges = [p for p, _ in points] + [22_602.0]
+        area = sum(
+            (edges[k + 1] - edges[k]) * max(a for _, a in points[: k + 1])
+            for k in range(len(points))
+        )
+        assert metrics["pareto_hypervolume"] == pytest.approx(area, rel=1e-9)
+    assert len(all_runs[all_runs["tags.mlflow.parentRunId"] == second.parent_run_id]) == 1
+
 
 def one_recipe_space(trial, quick: bool = False) -> dict:
     """A space with one recipe: every trial the search proposes is the same one."""
