@@ -574,7 +574,9 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                         param_space=param_space,
                         tune_config=tune_config,
                         run_config=tune.RunConfig(
-                            name=sweep_name, storage_path=spec.storage_path, verbose=1,
+                            name=sweep_name,
+                            storage_path=spec.storage_path,
+                            verbose=1,
                             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                             # Tune copies its experiment state to storage_path at most this often
                             # (default 300 s): that copy is what --resume restores
@@ -595,9 +597,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                     example = data.normalize(data.x_test[:LATENCY_BATCH])
                     remeasure_latency(client, finished, example, data.in_channels,
                                       data.num_classes, data.image_size, log=say)  # fmt: skip
-                    children = child_runs(
-                        target.uri, experiment_id, parent_id, finished_only=False
-                    )
+                    children = child_runs(target.uri, experiment_id, parent_id, finished_only=False)
                     finished = children[children["status"] == "FINISHED"]
                 runs = trial_table(finished, accuracies)
                 stopped_tag = children.get("tags.early_stopped")
@@ -633,9 +633,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                     client.set_tag(
                         parent_id, "pareto_reference_kinds", ",".join(analysis.reference_kinds)
                     )
-                    client.log_metric(
-                        parent_id, "pareto_size", int(analysis.table["pareto"].sum())
-                    )
+                    client.log_metric(parent_id, "pareto_size", int(analysis.table["pareto"].sum()))
                     make_tables = study.tables if study and study.tables else _default_tables
                     tables = make_tables(runs)
                 for name, frame in tables.items():

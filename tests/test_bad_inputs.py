@@ -84,11 +84,13 @@ SWEEP_ROWS = [
     pytest.param(["--eta", "1"], ["--eta 1", ">= 2"], id="eta-1"),
     pytest.param(["--eta", "x"], ["--eta", "invalid int value"], id="eta-text"),
     pytest.param(["--early-stop", "nope"], ["--early-stop", "'nope'", "mo-asha"], id="early-stop"),
-    pytest.param(["--sampler", "nope"], ["--sampler", "'nope'", "tpe, random, nsga2, gp"],
-                 id="sampler"),  # fmt: skip
+    pytest.param(
+        ["--sampler", "nope"], ["--sampler", "'nope'", "tpe, random, nsga2, gp"], id="sampler"
+    ),  # fmt: skip
     pytest.param(["--max-failures", "-1"], ["--max-failures -1", ">= 0"], id="max-failures"),
-    pytest.param(["--resume", "no-such-sweep"], ["--resume 'no-such-sweep'", "no sweep"],
-                 id="resume-unknown"),  # fmt: skip
+    pytest.param(
+        ["--resume", "no-such-sweep"], ["--resume 'no-such-sweep'", "no sweep"], id="resume-unknown"
+    ),  # fmt: skip
     # issue 13's table
     pytest.param(["--seed", "-1"], ["--seed -1", "0..4294967295"], id="seed-negative"),
     pytest.param(["--seed", str(2**40)], [f"--seed {2**40}", "0..4294967295"], id="seed-2**40"),
