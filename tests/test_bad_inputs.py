@@ -86,11 +86,11 @@ SWEEP_ROWS = [
     pytest.param(["--early-stop", "nope"], ["--early-stop", "'nope'", "mo-asha"], id="early-stop"),
     pytest.param(
         ["--sampler", "nope"], ["--sampler", "'nope'", "tpe, random, nsga2, gp"], id="sampler"
-    ),  # fmt: skip
+    ),
     pytest.param(["--max-failures", "-1"], ["--max-failures -1", ">= 0"], id="max-failures"),
     pytest.param(
         ["--resume", "no-such-sweep"], ["--resume 'no-such-sweep'", "no sweep"], id="resume-unknown"
-    ),  # fmt: skip
+    ),
     # issue 13's table
     pytest.param(["--seed", "-1"], ["--seed -1", "0..4294967295"], id="seed-negative"),
     pytest.param(["--seed", str(2**40)], [f"--seed {2**40}", "0..4294967295"], id="seed-2**40"),

@@ -99,6 +99,5 @@ def test_stopped_trial_is_killed_in_mlflow_not_left_running(tmp_path, ray_tmpdir
     stopped_id = by_name["c"]["run_id"]
     history = client.get_metric_history(stopped_id, "test_accuracy")
     assert [(m.step, m.value) for m in history] == [(1, 0.70)]
-    assert [m.step for m in client.get_metric_history(by_name["a"]["run_id"], "test_accuracy")] == [
-        1, 2, 3,
-    ]  # fmt: skip
+    finished_history = client.get_metric_history(by_name["a"]["run_id"], "test_accuracy")
+    assert [m.step for m in finished_history] == [1, 2, 3]

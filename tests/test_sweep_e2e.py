@@ -102,8 +102,8 @@ def test_two_trial_sweep_tracked_and_baseline_cached(tmp_path, ray_tmpdir):
     # is measured against the fixed point (accuracy 0, the dense CNN's 22,602 parameters), logged
     # beside it, and equals the area each sweep's own runs dominate up to that point
     for outcome in (first, second):
-        metrics = client.get_run(outcome.parent_run_id).data.metrics
-        tags = client.get_run(outcome.parent_run_id).data.tags
+        parent_data = client.get_run(outcome.parent_run_id).data
+        metrics, tags = parent_data.metrics, parent_data.tags
         assert metrics["pareto_reference.test_accuracy"] == 0.0
         assert metrics["pareto_reference.nonzero_params"] == 22_602.0
         assert tags["pareto_reference_kinds"] == "fixed,fixed"
