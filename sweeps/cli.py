@@ -12,6 +12,7 @@ from typing import Any
 from prune_core.cliutils import OneLineArgumentParser, check_seed, check_writable_dir
 from prune_core.data import DATASETS
 from prune_core.models import MODELS
+from prune_core.plugins import PluginError, load_plugins
 from search_spaces import SPACES
 
 from .analysis import parse_objectives
@@ -94,6 +95,7 @@ class SweepSpec:
     early_stop: str = "none"  # "none" or "mo-asha"
     eta: int = 3  # MO-ASHA keeps the top 1/eta of the trials at each rung
     sampler: str = "tpe"  # one of sweeps.search.SAMPLERS
+    plugins: tuple[str, ...] = ()  # modules or .py files loaded in the driver and every trial
 
 
 # GPU share per trial by model. One H200 (torch 2.11, batch 128) ran four trials at once at 2.5x
@@ -176,6 +178,12 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
         f"{NSGA2_FROM_TRIALS} trials, nsga2 from there on)",
     )
     p.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+        help="import this module (mypkg.methods) or .py file first, in the driver and in every "
+        "trial: what it registers (pruning methods, models, datasets, spaces, metrics) can be "
+        "named in the other flags; repeatable",
+    )  # fmt: skip
+    p.add_argument(
         "--resume", metavar="SWEEP",
         help="continue an interrupted sweep (its name, printed at its start, or its parent run "
         "id) with the settings it was started with; finished trials are not run again",
@@ -203,6 +211,10 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
 
     raw_argv = _without_resume(list(sys.argv[1:] if argv is None else argv))
     args = build_parser(study).parse_args(argv)
+    try:  # first: what the plugins register counts in every check below
+        plugins = load_plugins(args.plugin)
+    except PluginError as err:
+        raise UsageError(f"--plugin: {err}") from None
     if args.max_failures < 0:
         raise UsageError(f"--max-failures {args.max_failures}: must be an integer >= 0")
     if args.eta < 2:
@@ -303,6 +315,7 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         early_stop=args.early_stop or default_early_stop(num_samples, args.grid),
         eta=args.eta,
         sampler=sampler,
+        plugins=plugins,
         resume=args.resume,
         argv=tuple(a for a in raw_argv if a is not None),
     )

@@ -428,6 +428,9 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                 settings = dataclasses.asdict(spec)
                 settings["models"] = ",".join(settings["models"])
                 del settings["argv"], settings["resume"]
+                settings["plugins"] = ",".join(settings["plugins"])
+                if not settings["plugins"]:  # a param only where plugins were loaded
+                    del settings["plugins"]
                 if resumed is None:
                     log_params(client, parent_id, settings)
                 device = pick_device(None)
@@ -466,7 +469,7 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                     data=base.data, train=base.train, model=spec.models[0], seed=spec.seed,
                     cpus_per_trial=spec.cpus_per_trial, gpus_per_trial=spec.gpus_per_trial,
                     tracking_uri=target.uri, experiment_id=experiment_id,
-                    parent_run_id=parent_id, sweep_name=sweep_name,
+                    parent_run_id=parent_id, sweep_name=sweep_name, plugins=spec.plugins,
                 )  # fmt: skip
                 trainable = tune.with_resources(
                     tune.with_parameters(

@@ -30,6 +30,7 @@ import torch
 from prune_core.checkpoint import save_state
 from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, PruneConfig, TrainConfig
 from prune_core.experiment import run_pruning
+from prune_core.plugins import load_plugins
 from prune_core.schedules import sparsity_schedule
 from prune_core.structured import save_pruned_model
 from prune_core.train import TrainingDiverged
@@ -69,6 +70,7 @@ class TrialContext:
     experiment_id: str
     parent_run_id: str
     sweep_name: str
+    plugins: tuple[str, ...] = ()  # loaded in every trial process before its recipe is built
 
 
 def retraining(cfg: ExperimentConfig) -> tuple[int, float]:
@@ -202,6 +204,7 @@ def prune_trial(
     from ray import tune
 
     assert context is not None and baselines is not None and data is not None
+    load_plugins(context.plugins)  # what they register (methods, metrics) exists here too
     cpus = max(1, int(context.cpus_per_trial))
     torch.set_num_threads(cpus)  # Ray sets OMP_NUM_THREADS too; torch reads it only at import
     use_cuda = context.gpus_per_trial > 0 and torch.cuda.is_available()

@@ -1,0 +1,68 @@
+"""Plugins: the user's own modules whose import registers pruning methods, models, datasets,
+search spaces or metrics (each through its registry's decorator).
+
+A plugin is named by a module name (``mypkg.pruning``, importable where the command runs) or by
+the path of a ``.py`` file (imported under its file name, without ``.py``). ``load_plugin``
+imports it once per process and returns its module name; a sweep records what it loaded and
+loads the same plugins in every trial process before the recipe is built, so a method that a
+plugin registers is known wherever a trial runs (on other nodes the file must be at the same path,
+or the module importable there).
+
+Nothing here imports torch: the command lines load plugins before any other work.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+
+class PluginError(ValueError):
+    """A plugin that cannot be loaded; the message is one line naming it and why."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def load_plugin(spec: str) -> str:
+    """Import the plugin ``spec`` (a module name or a ``.py`` file's path) unless this process has
+    it already; returns its module name. Raises ``PluginError`` (one line) if it cannot be
+    imported or raises while importing."""
+    if not spec or not spec.strip():
+        raise PluginError(f"plugin {spec!r}: give a module name (mypkg.methods) or a .py file")
+    if spec.endswith(".py"):
+        path = os.path.abspath(os.path.expanduser(spec))
+        name = os.path.splitext(os.path.basename(path))[0]
+        if not os.path.isfile(path):
+            raise PluginError(f"plugin {spec!r}: no such file")
+        loaded = sys.modules.get(name)
+        if loaded is not None and os.path.abspath(getattr(loaded, "__file__", "") or "") == path:
+            return name
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise PluginError(f"plugin {spec!r}: not a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # registered first, as a regular import does
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            del sys.modules[name]
+            raise PluginError(f"plugin {spec!r} failed to import ({_first_line(err)})") from None
+        return name
+    try:
+        importlib.import_module(spec)
+    except Exception as err:
+        raise PluginError(f"plugin {spec!r} failed to import ({_first_line(err)})") from None
+    return spec
+
+
+def load_plugins(specs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``load_plugin`` for each of ``specs``, in order; returns what each was given as (the
+    specs, kept as given so another process can load them the same way)."""
+    for spec in specs:
+        load_plugin(spec)
+    return tuple(specs)
