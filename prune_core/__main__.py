@@ -37,8 +37,10 @@ from .config import (
 )
 from .data import DATASETS, DatasetUnavailable, load_dataset
 from .experiment import run_pruning, select_targets
+from .methods import PRUNING_METHODS, MethodFlag
 from .models import MODELS, build_model
-from .pruning import PRUNING_METHODS
+from .plugins import PluginError, load_plugins
+from .pruning import prunable_targets  # noqa: F401  (registers the built-in methods)
 from .schedules import SCHEDULES
 from .structured import nm_accelerable_fraction
 from .train import pick_device
@@ -59,14 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", default="finetune", help=", ".join(RETRAIN_MODES))
     p.add_argument("--rewind-epoch", type=int, default=1, help="dense epoch to rewind to")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
-    p.add_argument("--norm", type=int, default=1, help="ln_structured: 1 or 2")
-    p.add_argument("--scope", default="layer", help="ln_structured: layer or global")
-    p.add_argument("--nm", default="2:4", help="nm: N:M pattern, e.g. 2:4")
+    _add_method_flags(p)
     p.add_argument("--layers", nargs="+", default=(), help="only these layers (module paths)")
     p.add_argument("--include-bias", action="store_true", help="prune biases too")
     p.add_argument("--exclude-first", action="store_true", help="keep the first layer dense")
     p.add_argument("--exclude-last", action="store_true", help="keep the last layer dense")
-    p.add_argument("--remove-channels", action="store_true", help="ln_structured: shrink model")
+    p.add_argument(
+        "--remove-channels", action="store_true",
+        help=f"shrink the model ({', '.join(_removers())})",
+    )  # fmt: skip
     p.add_argument("--baseline-epochs", type=int, default=5, help="dense training epochs")
     p.add_argument("--baseline-lr", type=float, default=0.05, help="dense learning rate")
     p.add_argument("--batch-size", type=int, default=128, help="training batch size")
@@ -75,20 +78,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="cache the dense baseline in this folder")
     p.add_argument("--save", metavar="PATH", help="write the pruned model's state dict here")
     p.add_argument("--json", metavar="PATH", help="write the metrics as JSON ('-' for stdout)")
+    p.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+        help="import this module or .py file first (its methods, models, datasets); repeatable",
+    )  # fmt: skip
     return p
+
+
+def _method_flags() -> dict[str, tuple[str, Any]]:
+    """Every flag that sets a pruning method's option: flag -> (method name, MethodOption or
+    MethodFlag), from the registered entries (the first method to use a flag owns it)."""
+    flags: dict[str, tuple[str, Any]] = {}
+    for name in PRUNING_METHODS.names():
+        entry = PRUNING_METHODS.get(name)
+        for option in entry.options:
+            if option.cli_flag:
+                flags.setdefault(option.cli_flag, (name, option))
+        for flag in entry.flags:
+            flags.setdefault(flag.flag, (name, flag))
+    return flags
+
+
+def _add_method_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per method option (``--norm``, ``--scope``, ``--nm``), named after the method."""
+    for flag, (method, spec) in _method_flags().items():
+        if isinstance(spec, MethodFlag):
+            p.add_argument(flag, help=f"{method}: {spec.help} (default {spec.default})")
+        else:
+            parse = spec.parse or type(spec.default)
+            p.add_argument(flag, type=parse, help=f"{method}: {spec.help} (default {spec.default})")
+
+
+def _removers() -> list[str]:
+    return [n for n in PRUNING_METHODS.names() if PRUNING_METHODS.get(n).can_remove_channels]
+
+
+def method_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``args.method`` that its flags set; every option flag given is checked
+    against its own option, whichever method it belongs to (``ValueError``, one line)."""
+    values: dict[str, Any] = {}
+    for flag, (method, spec) in _method_flags().items():
+        text = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if isinstance(spec, MethodFlag):
+            values.update(spec.to_options(spec.default if text is None else text))
+        elif text is not None:
+            spec.validate(text, method)
+            values[spec.name] = text
+    own = PRUNING_METHODS.get(args.method).option_names()
+    return {k: v for k, v in values.items() if k in own}
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The experiment config of the parsed flags; raises ``ValueError`` (one line) if invalid."""
-    n_text, sep, m_text = args.nm.partition(":")
-    if not sep or not n_text.isdigit() or not m_text.isdigit():
-        raise ValueError(f"--nm {args.nm!r} is malformed; write N:M with integers, e.g. 2:4")
-    n, m = int(n_text), int(m_text)
-    if not 1 <= n < m:
-        raise ValueError(f"--nm {args.nm}: N:M needs 1 <= N < M (e.g. 2:4)")
+    try:
+        options = method_options_from_args(args)
+    except ValueError as err:
+        raise ValueError(in_flags(str(err))) from None
+    entry = PRUNING_METHODS.get(args.method)
     sparsity = args.sparsity
     if sparsity is None:
-        sparsity = 1 - n / m if args.method == "nm" else 0.5
+        fixed = entry.fixed_sparsity
+        sparsity = fixed(entry.resolve_options(options)) if fixed else 0.5
     elif not 0 <= sparsity < 1:
         raise ValueError(f"--sparsity {sparsity:g}: must be a fraction 0 <= s < 1")
     if args.iterations < 1:
@@ -118,13 +168,12 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
                 iterations=args.iterations, finetune_epochs=args.finetune_epochs, lr=args.lr,
                 include_bias=args.include_bias, exclude_first=args.exclude_first,
                 exclude_last=args.exclude_last, layers=tuple(args.layers), retrain=args.retrain,
-                rewind_epoch=args.rewind_epoch, norm=args.norm, scope=args.scope, nm_n=n, nm_m=m,
-                remove_channels=args.remove_channels,
+                rewind_epoch=args.rewind_epoch, remove_channels=args.remove_channels, **options,
             ),
             seed=args.seed,
         )  # fmt: skip
     except ValueError as err:  # the configs name their fields (prune.lr=0 ...): name the flags
-        raise ValueError(_FIELD.sub(lambda f: CONFIG_FLAGS[f[1]] + " ", str(err))) from None
+        raise ValueError(in_flags(str(err))) from None
 
 
 # the flag behind each config field, for the errors of the configs' own checks
@@ -134,12 +183,32 @@ CONFIG_FLAGS = {
     "prune.method": "--method", "prune.target_sparsity": "--sparsity",
     "prune.schedule": "--schedule", "prune.iterations": "--iterations",
     "prune.finetune_epochs": "--finetune-epochs", "prune.lr": "--lr", "prune.layers": "--layers",
-    "prune.retrain": "--retrain", "prune.rewind_epoch": "--rewind-epoch", "prune.norm": "--norm",
-    "prune.scope": "--scope", "prune.nm_n": "--nm", "prune.nm_m": "--nm",
+    "prune.retrain": "--retrain", "prune.rewind_epoch": "--rewind-epoch",
     "prune.include_bias": "--include-bias", "prune.remove_channels": "--remove-channels",
 }  # fmt: skip
 # a field as the configs write it: ``prune.lr=0.0 is invalid``, ``and train.epochs=1``
-_FIELD = re.compile(r"\b(" + "|".join(re.escape(f) for f in CONFIG_FLAGS) + r")=")
+_FIELD = re.compile(r"\b(prune\.[a-z_]+|data\.[a-z_]+|train\.[a-z_]+)=")
+
+
+def in_flags(message: str) -> str:
+    """``message`` with each config field it names (``prune.lr=``) written as its flag."""
+    flags = config_flags()
+    return _FIELD.sub(lambda f: flags[f[1]] + " " if f[1] in flags else f[0], message)
+
+
+def config_flags() -> dict[str, str]:
+    """``CONFIG_FLAGS`` plus the flag of every method option (``prune.norm`` -> ``--norm``; the
+    options a multi-option flag sets, and its own name, -> that flag: ``prune.nm`` -> ``--nm``)."""
+    flags = dict(CONFIG_FLAGS)
+    for flag, (method, spec) in _method_flags().items():
+        if isinstance(spec, MethodFlag):
+            flags[f"prune.{flag.lstrip('-')}"] = flag
+            for option in PRUNING_METHODS.get(method).options:
+                if not option.cli_flag:
+                    flags.setdefault(f"prune.{option.name}", flag)
+        else:
+            flags[f"prune.{spec.name}"] = flag
+    return flags
 
 
 def _check_names(args: argparse.Namespace) -> None:
@@ -223,6 +292,13 @@ def run(cfg: ExperimentConfig, device: torch.device, cache_dir: str | None) -> d
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--plugin", action="append", default=[])
+    try:  # before the parser exists: a plugin's methods add flags of their own
+        load_plugins(early.parse_known_args(argv)[0].plugin)
+    except PluginError as err:
+        print(f"python -m prune_core: error: --plugin: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         _check_names(args)

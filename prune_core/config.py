@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,9 +71,16 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a float >= 0")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PruneConfig:
-    """The pruning recipe: method, target, schedule and fine-tuning after each prune step."""
+    """The pruning recipe: method, target, schedule and fine-tuning after each prune step.
+
+    A method's own options (``norm`` and ``scope`` of ln_structured, ``nm_n``/``nm_m`` of nm, a
+    plugin method's) are given as keywords like the fields (``PruneConfig(method="nm",
+    nm_n=1, nm_m=4, ...)``) and held, every option of the method resolved, in ``options``; they
+    read as attributes too (``config.nm_n``). Their defaults, checks and meaning live in the
+    method's registry entry (``prune_core.methods``).
+    """
 
     method: str = "global_magnitude"
     target_sparsity: float = 0.5  # fraction of prunable weights that are zero at the end
@@ -89,55 +97,54 @@ class PruneConfig:
     # from the rewound weights (weight_rewind, lottery ticket) or the current ones (lr_rewind)
     retrain: str = "finetune"
     rewind_epoch: int = 1
-    norm: int = 1  # ln_structured: Ln norm of a filter (1 or 2)
-    scope: str = "layer"  # ln_structured: rank filters per layer or globally
-    nm_n: int = 2  # nm: keep nm_n of every nm_m consecutive weights
-    nm_m: int = 4
-    remove_channels: bool = False  # structured: remove zeroed channels physically at the end
+    remove_channels: bool = False  # remove zeroed channels physically at the end
+    # the method's options as (name, value) pairs in the entry's order, defaults filled in
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __init__(self, options: Any = (), **values: Any):
+        names = {f.name for f in dataclasses.fields(self)} - {"options"}
+        given = dict(options)
+        for key in list(values):
+            if key not in names:
+                given[key] = values.pop(key)  # a method option, flat as recipes write it
+        for f in dataclasses.fields(self):
+            if f.name != "options":
+                object.__setattr__(self, f.name, values.get(f.name, f.default))
+        object.__setattr__(self, "options", tuple(given.items()))
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "options":  # reached only when no field has the name
+            for key, value in self.options:
+                if key == name:
+                    return value
+        raise AttributeError(f"PruneConfig has no field or option {name!r} (method {self.method})")
 
     def __post_init__(self):
-        from .pruning import PRUNING_METHODS
+        from .methods import get_method
         from .schedules import SCHEDULES
 
         object.__setattr__(self, "layers", tuple(self.layers))
-        _check(
-            self.method in PRUNING_METHODS,
-            "prune.method",
-            self.method,
-            ", ".join(PRUNING_METHODS.names()),
-        )
-        _check(
-            self.schedule in SCHEDULES,
-            "prune.schedule",
-            self.schedule,
-            ", ".join(SCHEDULES.names()),
-        )
+        try:
+            entry = get_method(self.method)
+        except KeyError:
+            entry = None
+        _check(entry is not None, "prune.method", self.method, ", ".join(_method_names()))
+        options = entry.resolve_options(dict(self.options))
+        object.__setattr__(self, "options", tuple(options.items()))
+        _check(self.schedule in SCHEDULES, "prune.schedule", self.schedule,
+               ", ".join(SCHEDULES.names()))  # fmt: skip
         _check(
             self.retrain in RETRAIN_MODES, "prune.retrain", self.retrain, ", ".join(RETRAIN_MODES)
         )
         _check(self.rewind_epoch >= 0, "prune.rewind_epoch", self.rewind_epoch, "an integer >= 0")
-        _check(self.norm in (1, 2), "prune.norm", self.norm, "1, 2")
-        _check(self.scope in ("layer", "global"), "prune.scope", self.scope, "layer, global")
+        if entry.validate is not None:
+            entry.validate(self)
         _check(
-            1 <= self.nm_n < self.nm_m,
-            "prune.nm",
-            f"{self.nm_n}:{self.nm_m}",
-            "N:M with 1 <= N < M (e.g. 2:4)",
-        )
-        if self.method == "nm":
-            _check(self.schedule == "oneshot", "prune.schedule", self.schedule, "oneshot for nm")
-            # N:M fixes the sparsity of every pruned tensor at 1 - N/M
-            _check(
-                abs(self.target_sparsity - (1 - self.nm_n / self.nm_m)) < 1e-9,
-                "prune.target_sparsity",
-                self.target_sparsity,
-                f"1 - N/M = {1 - self.nm_n / self.nm_m:g} for nm {self.nm_n}:{self.nm_m}",
-            )
-        _check(
-            not self.remove_channels or self.method == "ln_structured",
+            not self.remove_channels or entry.can_remove_channels,
             "prune.remove_channels",
             self.remove_channels,
-            "True only with method ln_structured",
+            f"True only with a method that can remove channels ({', '.join(_removers())})",
         )
         _check(
             not (self.remove_channels and self.retrain == "weight_rewind"),
@@ -145,6 +152,10 @@ class PruneConfig:
             self.retrain,
             "finetune or lr_rewind with remove_channels (rewound weights no longer fit)",
         )
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        """Target, steps, epochs and learning rate in range."""
         _check(
             0.0 <= self.target_sparsity < 1.0,
             "prune.target_sparsity",
@@ -162,12 +173,49 @@ class PruneConfig:
         if self.schedule == "oneshot":
             _check(self.iterations == 1, "prune.iterations", self.iterations, "1 for oneshot")
 
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any]) -> PruneConfig:
+        """The config of a recipe (a flat dict from a search space or a grid): its fields and the
+        options of its method; other keys (``model``, what only a sampler sees) are ignored and
+        missing ones take their defaults."""
+        from .methods import get_method
+
+        fields = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        method = recipe.get("method", cls.method)
+        try:
+            own = get_method(method).option_names()
+        except KeyError:
+            own = ()  # the constructor names the unknown method
+        return cls(**{k: v for k, v in recipe.items() if k in fields or k in own})
+
+    def option_values(self) -> dict[str, Any]:
+        """The method's options, every one (defaults filled in)."""
+        return dict(self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat plain dict: the fields and the method's options side by side (as a recipe)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.update(out.pop("options"))
+        return out
+
     def epochs_per_step(self, dense_epochs: int) -> int:
         """Retraining epochs after each prune step: ``finetune_epochs``, or with rewinding the
         rest of the dense schedule from ``rewind_epoch`` (``dense_epochs - rewind_epoch``)."""
         if self.retrain == "finetune":
             return self.finetune_epochs
         return dense_epochs - self.rewind_epoch
+
+
+def _method_names() -> list[str]:
+    from .methods import PRUNING_METHODS
+
+    return PRUNING_METHODS.names()
+
+
+def _removers() -> list[str]:
+    from .methods import PRUNING_METHODS
+
+    return [n for n in PRUNING_METHODS.names() if PRUNING_METHODS.get(n).can_remove_channels]
 
 
 @dataclass(frozen=True)
@@ -198,8 +246,10 @@ class ExperimentConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict (JSON-serialisable)."""
-        return dataclasses.asdict(self)
+        """Nested plain dict (JSON-serialisable); the method's options sit flat in ``prune``."""
+        out = dataclasses.asdict(self)
+        out["prune"] = self.prune.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
@@ -249,10 +299,19 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def non_default_fields(obj: Any) -> dict[str, Any]:
-    """Nested dict of only those dataclass fields that differ from their defaults."""
+    """Nested dict of only those dataclass fields that differ from their defaults. A pruning
+    method's options count as fields (flat, as they were before they moved into the method's
+    entry) where they differ from the entry's defaults, so hashes stay what they were."""
     out: dict[str, Any] = {}
     default = type(obj)()
+    if isinstance(obj, PruneConfig):
+        from .methods import get_method
+
+        option_defaults = get_method(obj.method).defaults()
+        out.update({k: v for k, v in obj.options if v != option_defaults.get(k)})
     for f in dataclasses.fields(obj):
+        if f.name == "options" and isinstance(obj, PruneConfig):
+            continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             sub = non_default_fields(value)

@@ -17,6 +17,7 @@ from torch import nn
 from .checkpoint import cpu_state_dict
 from .config import ExperimentConfig
 from .data import TensorData
+from .methods import get_method
 from .metrics import count_parameters, layer_sparsity
 from .models import build_model
 from .pruning import PruneTarget, make_permanent, prunable_targets, prune_step
@@ -92,8 +93,7 @@ def select_targets(model: nn.Module, cfg: ExperimentConfig) -> list[PruneTarget]
     p = cfg.prune
     # removing a channel needs its bias zero too, so removal prunes biases with their filters
     include_bias = p.include_bias or p.remove_channels
-    # a structured cut of the classifier's output neurons would delete classes: never prune them
-    exclude_last = p.exclude_last or p.method == "ln_structured"
+    exclude_last = p.exclude_last or get_method(p.method).protects_classifier
     targets = prunable_targets(model, include_bias, p.exclude_first, exclude_last)
     if p.layers:
         wanted = {name.removesuffix(".weight") for name in p.layers}
@@ -114,22 +114,12 @@ def _layer_names(model: nn.Module) -> set[str]:
 def method_options(
     cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor, targets: list[PruneTarget]
 ) -> dict:
-    """Keyword options of ``cfg.prune.method`` taken from the config."""
-    p = cfg.prune
-    if p.method == "ln_structured":
-        options: dict[str, Any] = {"norm": p.norm, "scope": p.scope}
-        if p.remove_channels and p.scope == "layer":
-            from .structured import channel_groups
-
-            # tie channels that share a residual stream, so whole channels can be removed;
-            # only groups made entirely of selected layers can be pruned together
-            selected = {t.path.rsplit(".", 1)[0] for t in targets}
-            groups = channel_groups(model, example)
-            options["couple"] = [g for g in groups if set(g) <= selected]
-        return options
-    if p.method == "nm":
-        return {"n": p.nm_n, "m": p.nm_m}
-    return {}
+    """Keyword options of ``cfg.prune.method``'s mask function: what its entry's
+    ``mask_kwargs`` makes of the config, else the method's options by name."""
+    entry = get_method(cfg.prune.method)
+    if entry.mask_kwargs is not None:
+        return entry.mask_kwargs(cfg.prune, model, example, targets)
+    return cfg.prune.option_values()
 
 
 def rewind_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

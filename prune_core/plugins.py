@@ -2,11 +2,13 @@
 search spaces or metrics (each through its registry's decorator).
 
 A plugin is named by a module name (``mypkg.pruning``, importable where the command runs) or by
-the path of a ``.py`` file (imported under its file name, without ``.py``). ``load_plugin``
-imports it once per process and returns its module name; a sweep records what it loaded and
-loads the same plugins in every trial process before the recipe is built, so a method that a
-plugin registers is known wherever a trial runs (on other nodes the file must be at the same path,
-or the module importable there).
+the path of a ``.py`` file (imported under its file name, without ``.py``), optionally followed by
+``:function``, a function of the module called with no arguments after the import (for modules
+that register on request rather than on import: ``mypkg.pruning:register``). ``load_plugin``
+imports it once per process (and calls the function each time: make it idempotent). A sweep
+records what it loaded and loads the same plugins in every trial process before the recipe is
+built, so a method that a plugin registers is known wherever a trial runs (on other nodes the
+file must be at the same path, or the module importable there).
 
 Nothing here imports torch: the command lines load plugins before any other work.
 """
@@ -29,11 +31,28 @@ def _first_line(err: BaseException) -> str:
 
 
 def load_plugin(spec: str) -> str:
-    """Import the plugin ``spec`` (a module name or a ``.py`` file's path) unless this process has
-    it already; returns its module name. Raises ``PluginError`` (one line) if it cannot be
-    imported or raises while importing."""
+    """Import the plugin ``spec`` (a module name or a ``.py`` file's path, optionally with
+    ``:function``) unless this process has it already, then call the function if one is named;
+    returns the module name. Raises ``PluginError`` (one line) if it cannot be imported, has no
+    such function, or raises while importing or in the function."""
     if not spec or not spec.strip():
         raise PluginError(f"plugin {spec!r}: give a module name (mypkg.methods) or a .py file")
+    target, sep, function = spec.rpartition(":")
+    if not (sep and target and function.isidentifier()):
+        return _import(spec)
+    module = sys.modules[_import(target)]
+    register = getattr(module, function, None)
+    if not callable(register):
+        raise PluginError(f"plugin {spec!r}: {target} has no function {function!r}")
+    try:
+        register()
+    except Exception as err:
+        raise PluginError(f"plugin {spec!r} failed ({_first_line(err)})") from None
+    return module.__name__
+
+
+def _import(spec: str) -> str:
+    """Import module or ``.py`` file ``spec`` once per process; returns its module name."""
     if spec.endswith(".py"):
         path = os.path.abspath(os.path.expanduser(spec))
         name = os.path.splitext(os.path.basename(path))[0]

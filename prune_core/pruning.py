@@ -9,16 +9,14 @@ weights at sparsity ``s`` zeroes ``round(s * n)`` of them, ties broken by positi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .registry import Registry
-
-PRUNING_METHODS: Registry = Registry("pruning method")
+from .methods import PRUNING_METHODS, MaskFn, register_method
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -146,7 +144,7 @@ def apply_masks(targets: list[PruneTarget], masks: list[torch.Tensor]) -> None:
             setattr(target.module, target.param_name, orig * existing)
 
 
-@PRUNING_METHODS.register("global_magnitude")
+@register_method("global_magnitude", run_name=lambda options: "prune")
 def global_magnitude_masks(
     targets: list[PruneTarget], sparsity: float, generator: torch.Generator | None = None
 ) -> list[torch.Tensor]:
@@ -183,7 +181,7 @@ def global_magnitude_masks(
     return [k.view(w.shape) for k, w in zip(keep.split(sizes), weights, strict=True)]
 
 
-@PRUNING_METHODS.register("l1_unstructured")
+@register_method("l1_unstructured")
 def l1_unstructured_masks(
     targets: list[PruneTarget], sparsity: float, generator: torch.Generator | None = None
 ) -> list[torch.Tensor]:
@@ -192,7 +190,7 @@ def l1_unstructured_masks(
     return [keep_mask_exact(s, round(sparsity * s.numel())) for s in scores]
 
 
-@PRUNING_METHODS.register("random_unstructured")
+@register_method("random_unstructured")
 def random_unstructured_masks(
     targets: list[PruneTarget], sparsity: float, generator: torch.Generator | None = None
 ) -> list[torch.Tensor]:
@@ -207,9 +205,6 @@ def random_unstructured_masks(
     return masks
 
 
-MaskFn = Callable[..., list[torch.Tensor]]
-
-
 def prune_step(
     targets: list[PruneTarget],
     method: str,
@@ -219,11 +214,12 @@ def prune_step(
 ) -> None:
     """Prune ``targets`` with the registered ``method`` up to cumulative ``sparsity``.
 
-    ``options`` go to the method (e.g. ``n``/``m`` for N:M, ``norm`` for structured pruning).
+    ``options`` go to the method's mask function (e.g. ``n``/``m`` for N:M, ``norm`` for
+    structured pruning: what its entry's ``mask_kwargs`` makes of a config).
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity={sparsity!r} is invalid; allowed: a fraction 0 <= s < 1")
-    mask_fn: MaskFn = PRUNING_METHODS.get(method)
+    mask_fn: MaskFn = PRUNING_METHODS.get(method).masks
     with torch.no_grad():
         apply_masks(targets, mask_fn(targets, sparsity, generator=generator, **options))
 
@@ -304,3 +300,8 @@ def is_reparametrized(model: nn.Module) -> bool:
     """True if any ``*_orig`` parameter or ``*_mask`` buffer is left in ``model``."""
     names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
     return any(n.endswith("_orig") or n.endswith("_mask") for n in names)
+
+
+# the structured methods register themselves beside their mask functions; importing them here
+# means that whoever reads PRUNING_METHODS through this module sees every built-in method
+from . import structured  # noqa: E402, F401

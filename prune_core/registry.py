@@ -26,6 +26,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return what was registered there (``KeyError`` if unknown); for
+        tests and plugins that register for a while."""
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         """Return the object registered as ``name`` or raise ``KeyError`` listing valid names."""
         try:

@@ -1,6 +1,7 @@
 """Structured pruning (whole filters, N:M groups) and physical removal of pruned channels.
 
-Two mask methods are registered in ``PRUNING_METHODS`` (they follow the contract of
+Two mask methods are registered in ``PRUNING_METHODS`` (``prune_core.methods``: each entry, with
+its options, run-name part and params, sits above its mask function) (they follow the contract of
 ``prune_core.pruning``: keep-masks for a cumulative sparsity, already-pruned entries stay pruned):
 
 - ``ln_structured``: whole output filters/neurons (dim 0) ranked by their Ln norm.
@@ -30,10 +31,10 @@ import torch
 from torch import nn
 
 from .checkpoint import cpu_state_dict, load_state, save_state
+from .methods import MethodFlag, MethodOption, int_at_least, one_of, register_method
 from .models import build_model
 from .pruning import (
     PRUNABLE_TYPES,
-    PRUNING_METHODS,
     PruneTarget,
     _magnitude_scores,
     is_reparametrized,
@@ -101,7 +102,35 @@ def _strip_param(path: str) -> str:
     return path
 
 
-@PRUNING_METHODS.register("ln_structured")
+def ln_structured_kwargs(
+    config: Any, model: nn.Module, example: torch.Tensor, targets: list
+) -> dict:
+    """The mask function's keywords for ``config``: norm and scope, and with channel removal at
+    layer scope the groups of layers whose output channels are tied (a residual stream), so
+    whole channels can be removed; only groups made entirely of selected layers are pruned
+    together."""
+    kwargs: dict[str, Any] = {"norm": config.norm, "scope": config.scope}
+    if config.remove_channels and config.scope == "layer":
+        selected = {t.path.rsplit(".", 1)[0] for t in targets}
+        kwargs["couple"] = [g for g in channel_groups(model, example) if set(g) <= selected]
+    return kwargs
+
+
+@register_method(
+    "ln_structured",
+    options=(
+        MethodOption("norm", 1, one_of(1, 2), "Ln norm of a filter", search=(1, 2)),
+        MethodOption(
+            "scope", "layer", one_of("layer", "global"), "rank filters per layer or globally",
+            search=("layer", "global"),
+        ),
+    ),
+    mask_kwargs=ln_structured_kwargs,
+    run_name=lambda options: f"l{options['norm']}_structured",
+    # a structured cut of the classifier's output neurons would delete classes
+    protects_classifier=True,
+    can_remove_channels=True,
+)  # fmt: skip
 def ln_structured_masks(
     targets: list[PruneTarget],
     sparsity: float,
@@ -318,7 +347,46 @@ def nm_accelerable_fraction(model: nn.Module, n: int = 2, m: int = 4) -> float:
     return ok / total if total else 1.0
 
 
-@PRUNING_METHODS.register("nm")
+def parse_nm(text: str) -> dict[str, int]:
+    """``"2:4"`` as the nm options ``{"nm_n": 2, "nm_m": 4}``; ``ValueError`` (one line) if the
+    text is not N:M with integers 1 <= N < M."""
+    n_text, sep, m_text = text.partition(":")
+    if not sep or not n_text.isdigit() or not m_text.isdigit():
+        raise ValueError(f"--nm {text!r} is malformed; write N:M with integers, e.g. 2:4")
+    n, m = int(n_text), int(m_text)
+    if not 1 <= n < m:
+        raise ValueError(f"--nm {text}: N:M needs 1 <= N < M (e.g. 2:4)")
+    return {"nm_n": n, "nm_m": m}
+
+
+def check_nm_config(config: Any) -> None:
+    """N:M's checks across a recipe: 1 <= N < M, one-shot, and a target of exactly 1 - N/M (the
+    pattern fixes the sparsity of every pruned tensor)."""
+    n, m = config.nm_n, config.nm_m
+    if not 1 <= n < m:
+        raise ValueError(f"prune.nm='{n}:{m}' is invalid; allowed: N:M with 1 <= N < M (e.g. 2:4)")
+    if config.schedule != "oneshot":
+        raise ValueError(f"prune.schedule={config.schedule!r} is invalid; allowed: oneshot for nm")
+    if abs(config.target_sparsity - (1 - n / m)) >= 1e-9:
+        raise ValueError(
+            f"prune.target_sparsity={config.target_sparsity!r} is invalid; allowed: "
+            f"1 - N/M = {1 - n / m:g} for nm {n}:{m}"
+        )
+
+
+@register_method(
+    "nm",
+    options=(
+        MethodOption("nm_n", 2, int_at_least(1), "keep N of every M weights", flag=""),
+        MethodOption("nm_m", 4, int_at_least(2), "group size M", flag=""),
+    ),
+    validate=check_nm_config,
+    mask_kwargs=lambda config, *_: {"n": config.nm_n, "m": config.nm_m},
+    run_name=lambda options: f"nm{options['nm_n']}of{options['nm_m']}",
+    params=lambda options: {"nm": f"{options['nm_n']}:{options['nm_m']}"},
+    fixed_sparsity=lambda options: 1 - options["nm_n"] / options["nm_m"],
+    flags=(MethodFlag("--nm", "2:4", parse_nm, "nm: N:M pattern, e.g. 2:4"),),
+)
 def nm_masks(
     targets: list[PruneTarget],
     sparsity: float,

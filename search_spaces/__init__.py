@@ -5,9 +5,11 @@ A space function takes an ``optuna.Trial`` (and ``quick``), calls ``trial.sugges
 a dict of constants derived from the suggestions (no computation, as in optuna-examples). Ray
 Tune's ``OptunaSearch`` merges the suggestions (``trial.params``) with the returned constants into
 the trial's config; that merged dict is a *recipe*: its keys are in ``RECIPE_KEYS`` (the
-``PruneConfig`` fields a sweep varies) or ``SEARCH_KEYS`` (what the sampler sees instead of a
-field, ignored by the trial), keys left out take ``PruneConfig``'s defaults, and
-``PruneConfig(**{k: v for k, v in recipe.items() if k in RECIPE_KEYS})`` is always valid.
+``PruneConfig`` fields a sweep varies and the built-in methods' options) or ``SEARCH_KEYS``
+(what the sampler sees instead of a field, ignored by the trial), keys left out take
+``PruneConfig``'s defaults, and ``PruneConfig.from_recipe(recipe)`` is always valid. A method's
+own options are suggested from the domains its registry entry gives them
+(``suggest_method_options``), so a space for a plugin's method needs no list of its own.
 
 Target sparsity on a log-density scale. The sampler draws ``log_density`` = log10(1 - sparsity)
 uniformly, so every decade of density gets the same share of the trials: 0.9 -> 0.99 sparsity
@@ -42,31 +44,19 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from prune_core.config import PruneConfig
+from prune_core.methods import get_method, option_keys
 from prune_core.registry import Registry
 
 from .grids import GRIDS, get_grid
 
 SPACES: Registry = Registry("search space")
 
-# Keys a recipe (the merged suggestions and constants of a space, or a grid entry) may hold: all
-# are fields of prune_core.config.PruneConfig, and missing ones take its defaults.
-RECIPE_KEYS = (
-    "method",
-    "target_sparsity",
-    "schedule",
-    "iterations",
-    "finetune_epochs",
-    "lr",
-    "retrain",
-    "rewind_epoch",
-    "remove_channels",
-    "norm",
-    "scope",
-    "nm_n",
-    "nm_m",
-    "include_bias",
-    "layers",
-)
+# Keys a recipe (the merged suggestions and constants of a space, or a grid entry) may hold: the
+# fields of prune_core.config.PruneConfig and the options of the methods registered when this
+# package was imported (a plugin's method adds its own; PruneConfig.from_recipe knows them all).
+_NOT_VARIED = ("exclude_first", "exclude_last")  # fields that no space or grid sets
+RECIPE_KEYS = tuple(k for k in PruneConfig().to_dict() if k not in _NOT_VARIED) + option_keys()
 
 # Dense epochs whose weights weight rewinding may return to (0 = initialisation). The runner asks
 # the dense baseline to keep exactly these (``TrainConfig(rewind_epochs=REWIND_EPOCHS)``); the
@@ -83,8 +73,6 @@ STRUCTURED_METHODS = ("ln_structured", "l1_unstructured", "random_unstructured",
 FULL_METHODS = ("global_magnitude", "l1_unstructured", "random_unstructured", "ln_structured", "nm")
 SCHEDULE_CHOICES = ("oneshot", "iterative", "gradual")
 RETRAIN_CHOICES = ("finetune", "weight_rewind", "lr_rewind")
-NORM_CHOICES = (1, 2)
-SCOPE_CHOICES = ("layer", "global")
 # N:M patterns (N kept of every M); N alone names the pattern, so ``nm_n`` is the choice
 NM_PATTERNS = ((2, 4), (1, 4), (4, 8))
 _NM_M = dict(NM_PATTERNS)
@@ -187,10 +175,23 @@ def _nm(trial: Any) -> dict[str, Any]:
     return {"nm_m": m, "schedule": "oneshot", "target_sparsity": 1 - n / m}
 
 
+def suggest_method_options(trial: Any, method: str) -> dict[str, Any]:
+    """Suggest each option of ``method`` that its registry entry gives a search domain (a tuple:
+    categorical; a ``range``: integers), in the entry's order; returns the values."""
+    values = {}
+    for option in get_method(method).options:
+        if isinstance(option.search, range):
+            r = option.search
+            values[option.name] = trial.suggest_int(option.name, r.start, r[-1], step=r.step)
+        elif option.search is not None:
+            values[option.name] = trial.suggest_categorical(option.name, option.search)
+    return values
+
+
 def _ln_structured(trial: Any, allow_removal: bool, suggest_bias: bool) -> dict[str, Any]:
-    """norm, scope, and remove_channels (layer scope, where removal is allowed)."""
-    trial.suggest_categorical("norm", NORM_CHOICES)
-    scope = trial.suggest_categorical("scope", SCOPE_CHOICES)
+    """norm and scope (the entry's domains), and remove_channels (layer scope, where removal is
+    allowed)."""
+    scope = suggest_method_options(trial, "ln_structured")["scope"]
     if allow_removal and scope == "layer":
         if trial.suggest_categorical("remove_channels", (False, True)):
             # zeroed filters keep their bias unless biases are pruned too; removal needs both zero
@@ -306,6 +307,7 @@ __all__ = [
     "UNSTRUCTURED_METHODS",
     "get_grid",
     "get_space",
+    "suggest_method_options",
     "log_density_of",
     "log_density_range",
     "target_from_log_density",

@@ -31,7 +31,6 @@ space: TPE below 250 trials, NSGA-II from there on.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import warnings
@@ -215,13 +214,16 @@ def as_point(
 ) -> dict[str, Any] | None:
     """``recipe`` (a grid entry) as the parameters ``space`` would suggest for it, or None when
     the space cannot propose exactly that recipe (a value outside its ranges, a parameter it
-    fixes differently). Keys the space does not suggest take ``PruneConfig``'s defaults on both
-    sides, so the point's recipe and ``recipe`` make the same ``PruneConfig``."""
+    fixes differently). Keys the space does not suggest take ``PruneConfig``'s defaults (and the
+    method's option defaults) on both sides, so the point's recipe and ``recipe`` make the same
+    ``PruneConfig``."""
     from prune_core.config import PruneConfig
-    from search_spaces import RECIPE_KEYS, log_density_of
+    from search_spaces import log_density_of
 
-    defaults = {f.name: f.default for f in dataclasses.fields(PruneConfig)}
-    candidate = {**defaults, **recipe}
+    try:
+        candidate = {**PruneConfig.from_recipe(recipe).to_dict(), **recipe}
+    except ValueError:
+        return None
     if "target_sparsity" in recipe and float(recipe["target_sparsity"]) < 1.0:
         candidate["log_density"] = log_density_of(float(recipe["target_sparsity"]))
     trial = _PointTrial(candidate)
@@ -230,12 +232,8 @@ def as_point(
     except _NotAPoint:
         return None
     proposed = {**trial.params, **constants}
-
-    def config(r: dict[str, Any]) -> Any:
-        return PruneConfig(**{k: v for k, v in r.items() if k in RECIPE_KEYS})
-
     try:
-        same = config(proposed) == config(recipe)
+        same = PruneConfig.from_recipe(proposed) == PruneConfig.from_recipe(recipe)
     except ValueError:
         return None
     return dict(trial.params) if same else None
@@ -280,7 +278,6 @@ def recipe_epochs(recipe: dict[str, Any], dense_epochs: int) -> int:
     rewinding replays the dense schedule). Keys the recipe lacks take ``PruneConfig``'s
     defaults."""
     from prune_core.config import PruneConfig
-    from search_spaces import RECIPE_KEYS
 
-    p = PruneConfig(**{k: v for k, v in recipe.items() if k in RECIPE_KEYS})
+    p = PruneConfig.from_recipe(recipe)
     return p.iterations * p.epochs_per_step(dense_epochs)

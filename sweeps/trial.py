@@ -30,6 +30,7 @@ import torch
 from prune_core.checkpoint import save_state
 from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, PruneConfig, TrainConfig
 from prune_core.experiment import run_pruning
+from prune_core.methods import get_method
 from prune_core.plugins import load_plugins
 from prune_core.schedules import sparsity_schedule
 from prune_core.structured import save_pruned_model
@@ -43,12 +44,6 @@ CONTRACT_METRICS = ("test_accuracy", "sparsity", "nonzero_params", "total_params
 # their trial ids, comma-separated.
 REUSED_BY_TAG = "reused_by"
 
-
-# Recipe keys that become PruneConfig fields (the rest of a recipe, e.g. ``model``, is not).
-PRUNE_FIELDS = (
-    "method", "target_sparsity", "schedule", "iterations", "finetune_epochs", "lr", "retrain",
-    "rewind_epoch", "remove_channels", "norm", "scope", "nm_n", "nm_m", "include_bias", "layers",
-)  # fmt: skip
 # Measurements of the final model, logged once at the last step (MLflow metric names).
 MEASURED_METRICS = ("size_bytes", "sparse_size_bytes", "flops", "effective_flops", "latency_ms")
 # Metrics logged once at the end besides the measurements.
@@ -94,22 +89,19 @@ def recipe_run_name(model: str, recipe: dict[str, Any], dense_epochs: int | None
 
     The number after the schedule is the retraining epochs per step (fine-tune epochs; for
     rewinding, the ``dense_epochs - rewind_epoch`` epochs of the replayed dense schedule); after
-    the underscore, iterations. Methods other than global magnitude, rewinding and N:M patterns
-    are named too.
+    the underscore, iterations. The method's part comes from its registry entry (``prune`` for
+    global magnitude, ``l2_structured``, ``nm2of4``, a plugin's name and options); rewinding and
+    channel removal are named too.
     """
-    method = recipe.get("method", "global_magnitude")
+    entry = get_method(recipe.get("method", "global_magnitude"))
     schedule = recipe.get("schedule", "oneshot")
     retrain = recipe.get("retrain", "finetune")
     perc = round(100 * float(recipe["target_sparsity"]))
-    kind = "prune" if method == "global_magnitude" else method
-    if method == "ln_structured":
-        kind = f"l{recipe.get('norm', 1)}_structured"
-    if method == "nm":
-        kind = f"nm{recipe.get('nm_n', 2)}of{recipe.get('nm_m', 4)}"
+    options = entry.resolve_options({k: recipe[k] for k in entry.option_names() if k in recipe})
     epochs = recipe.get("finetune_epochs", 1)
     if retrain != "finetune" and dense_epochs is not None:
         epochs = dense_epochs - recipe.get("rewind_epoch", 1)
-    name = f"{model}_{kind}_{perc}perc_{schedule}{epochs}"
+    name = f"{model}_{entry.name_part(options)}_{perc}perc_{schedule}{epochs}"
     if schedule != "oneshot":
         name += f"_{recipe.get('iterations', 1)}"
     if retrain != "finetune":
@@ -121,20 +113,22 @@ def recipe_run_name(model: str, recipe: dict[str, Any], dense_epochs: int | None
 
 def experiment_config(context: TrialContext, recipe: dict[str, Any]) -> ExperimentConfig:
     """The prune_core config of one trial: the sweep's data/model/training plus the recipe."""
-    prune = {k: recipe[k] for k in PRUNE_FIELDS if k in recipe}
     return ExperimentConfig(
         data=context.data,
         model=ModelConfig(name=recipe.get("model", context.model)),
         train=context.train,
-        prune=PruneConfig(**prune),
+        prune=PruneConfig.from_recipe(recipe),
         seed=int(context.seed),
     )
 
 
 def trial_params(cfg: ExperimentConfig, device: str) -> dict[str, Any]:
     """The child run's params: the recipe as it ran (retraining epochs and rate as used), plus
-    options only where they mean something, so the UI's parallel coordinates stay readable."""
+    options only where they mean something, so the UI's parallel coordinates stay readable: the
+    method's own (as its registry entry logs them), rewinding's epoch, channel removal for a
+    method that can remove channels."""
     p = cfg.prune
+    entry = get_method(p.method)
     epochs, lr = retraining(cfg)
     params: dict[str, Any] = {
         "dataset": cfg.data.dataset, "model": cfg.model.name, "method": p.method,
@@ -145,10 +139,9 @@ def trial_params(cfg: ExperimentConfig, device: str) -> dict[str, Any]:
     }  # fmt: skip
     if p.retrain != "finetune":
         params["rewind_epoch"] = p.rewind_epoch
-    if p.method == "ln_structured":
-        params.update(norm=p.norm, scope=p.scope, remove_channels=p.remove_channels)
-    if p.method == "nm":
-        params["nm"] = f"{p.nm_n}:{p.nm_m}"
+    params.update(entry.logged_params(p.option_values()))
+    if entry.can_remove_channels:
+        params["remove_channels"] = p.remove_channels
     if p.include_bias:
         params["include_bias"] = True
     if p.layers:
@@ -189,6 +182,47 @@ def earlier_runs(client: Any, context: TrialContext, trial_id: str, config_hash:
     return [*same_trial, *same_recipe]
 
 
+@dataclass(frozen=True)
+class TrialPlan:
+    """What one trial runs, known before it runs: the config, its dense baseline, its run name,
+    the device, and its rungs (early stopping's: prune iterations, or for a one-shot recipe its
+    retraining epochs, its only intermediate points; the last rung is the finished recipe)."""
+
+    cfg: ExperimentConfig
+    baseline: dict[str, Any]
+    run_name: str
+    device: torch.device
+    last_step: int  # prune steps
+    epochs_per_step: int
+    last_rung: int
+
+    @classmethod
+    def create(
+        cls, config: dict[str, Any], context: TrialContext, baselines: dict[str, Any]
+    ) -> TrialPlan:
+        """The plan of Tune's ``config`` (flat from OptunaSearch, or under ``"recipe"`` in grid
+        mode) in this sweep, on a GPU when the trial was given a share of one."""
+        use_cuda = context.gpus_per_trial > 0 and torch.cuda.is_available()
+        recipe = dict(config.get("recipe", config))
+        cfg = experiment_config(context, recipe)
+        p = cfg.prune
+        last_step = len(sparsity_schedule(p.schedule, p.target_sparsity, p.iterations))
+        epochs_per_step, _ = retraining(cfg)
+        return cls(
+            cfg=cfg,
+            baseline=baselines[cfg.model.name],
+            run_name=recipe_run_name(cfg.model.name, recipe, cfg.train.epochs),
+            device=torch.device("cuda" if use_cuda else "cpu"),
+            last_step=last_step,
+            epochs_per_step=epochs_per_step,
+            last_rung=last_step if last_step > 1 else max(1, epochs_per_step),
+        )
+
+    def say(self, msg: str) -> None:
+        """A progress line prefixed with the run name (the trial's log)."""
+        print(f"[{self.run_name}] {msg}", flush=True)
+
+
 def prune_trial(
     config: dict[str, Any],
     context: TrialContext | None = None,
@@ -199,144 +233,24 @@ def prune_trial(
     through the object store (``tune.with_parameters``), so trials on any node share one copy and
     never retrain the dense model. ``config`` is the recipe: flat from OptunaSearch, or under
     ``"recipe"`` in grid mode. See the module docstring for how faults are recorded."""
-    import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
 
     assert context is not None and baselines is not None and data is not None
     load_plugins(context.plugins)  # what they register (methods, metrics) exists here too
-    cpus = max(1, int(context.cpus_per_trial))
-    torch.set_num_threads(cpus)  # Ray sets OMP_NUM_THREADS too; torch reads it only at import
-    use_cuda = context.gpus_per_trial > 0 and torch.cuda.is_available()
-    device = torch.device("cuda" if use_cuda else "cpu")
-    recipe = dict(config.get("recipe", config))
-    cfg = experiment_config(context, recipe)
-    baseline = baselines[cfg.model.name]
-    run_name = recipe_run_name(cfg.model.name, recipe, cfg.train.epochs)
-    p = cfg.prune
-    last_step = len(sparsity_schedule(p.schedule, p.target_sparsity, p.iterations))
-    epochs_per_step, _ = retraining(cfg)
-    # early stopping's rungs: prune iterations, or for a one-shot recipe its retraining epochs
-    # (its only intermediate points); the last rung is the finished recipe
-    last_rung = last_step if last_step > 1 else max(1, epochs_per_step)
-
+    # Ray sets OMP_NUM_THREADS too, but torch reads it only at import
+    torch.set_num_threads(max(1, int(context.cpus_per_trial)))
+    plan = TrialPlan.create(config, context, baselines)
     client = MlflowClient(tracking_uri=context.tracking_uri)
     trial_id = tune.get_context().get_trial_id() or ""
-    config_hash = cfg.short_hash()
-    earlier = earlier_runs(client, context, trial_id, config_hash)
-    for old in earlier:
-        if old.info.status == "FINISHED":
-            first = old.data.tags.get("trial_id", "")
-            if first and first != trial_id:
-                # the search proposed a recipe this sweep has run already (densities are rounded
-                # to 2 significant digits, so two samples can make one recipe): the run is
-                # seeded, so its result is this trial's too; the run says which trials reused it
-                reused = {t for t in old.data.tags.get(REUSED_BY_TAG, "").split(",") if t}
-                reused.add(trial_id)
-                client.set_tag(old.info.run_id, REUSED_BY_TAG, ",".join(sorted(reused)))
-                print(f"[{run_name}] the same recipe as trial {first}, which finished (run "
-                      f"{old.info.run_id}): its result is reused, not run again")  # fmt: skip
-            else:
-                print(f"[{run_name}] finished before the sweep was interrupted: not run again")
-            tune.report(_replay_finished(old, last_step, last_rung))
-            return
-    attempt = 1 + max((int(r.data.tags.get("attempt", 1)) for r in earlier), default=0)
-    tags = {
-        "mlflow.parentRunId": context.parent_run_id,
-        "sweep": context.sweep_name,
-        "trial_id": trial_id,
-        "config_hash": config_hash,
-        "attempt": str(attempt),
-    }
-    if earlier:
-        tags["replaces"] = ",".join(r.info.run_id for r in earlier)
-    run = client.create_run(context.experiment_id, run_name=run_name, tags=tags)
-    run_id = run.info.run_id
-    for old in earlier:  # one live child run per trial: the new attempt replaces the old ones
-        client.delete_run(old.info.run_id)
+    earlier = earlier_runs(client, context, trial_id, plan.cfg.short_hash())
+    if reuse_finished(client, plan, earlier, trial_id):
+        return
+    run_id = start_child_run(client, context, plan, trial_id, earlier)
     try:
-        params = trial_params(cfg, device.type)
-        runtime = ray.get_runtime_context()
-        assigned = runtime.get_assigned_resources()
-        params["node_id"] = runtime.get_node_id()  # which Ray node ran the trial
-        params["cpus_assigned"] = assigned.get("CPU", 0)
-        params["gpus_assigned"] = assigned.get("GPU", 0)
-        log_params(client, run_id, params)
-
-        def pending_report(values: dict[str, float], rung: int, epochs_run: float) -> None:
-            # sizes, FLOPs and latency are measured once, on the final model: NaN until then
-            # (Tune insists that every report holds every objective)
-            pending = dict.fromkeys(MEASURED_METRICS, float("nan"))
-            tune.report({**values, **pending, "epochs_run": epochs_run, "step": rung,
-                         "rung": rung, "last_rung": last_rung})  # fmt: skip
-
-        def report(step: int, metrics: dict[str, float]) -> None:
-            values = {k: metrics[k] for k in CONTRACT_METRICS}
-            epochs_run = float(step * epochs_per_step)
-            log_metrics(client, run_id, {**values, "epochs_run": epochs_run}, step=step)
-            if step < last_step:  # the last report waits for the measurements (objectives)
-                pending_report(values, step, epochs_run)
-
-        def epoch_report(epoch: int, metrics: dict[str, float]) -> None:
-            values = {k: metrics[k] for k in CONTRACT_METRICS}
-            # kept apart from the per-iteration history (step = prune iteration)
-            log_metrics(client, run_id, {"epoch_test_accuracy": values["test_accuracy"],
-                                         "epochs_run": float(epoch)}, step=epoch)  # fmt: skip
-            pending_report(values, epoch, float(epoch))
-
-        result = run_pruning(
-            cfg,
-            data.to(device),
-            baseline["state"],
-            report=report,
-            dense_test_accuracy=baseline["test_accuracy"],
-            rewind_states=baseline.get("rewind_states"),
-            measure=True,
-            log=lambda msg: print(f"[{run_name}] {msg}", flush=True),
-            epoch_report=epoch_report,
-        )
-        measured = {k: float(result.measurements[k]) for k in MEASURED_METRICS}
-        extra = {**measured, "permanent_test_accuracy": result.permanent_test_accuracy}
-        extra["accuracy_change"] = result.final["test_accuracy"] - result.dense_test_accuracy
-        log_metrics(client, run_id, extra, step=last_step)
-        log_params(client, run_id, {
-            "latency_batch_size": result.measurements["latency_batch_size"],
-            "latency_device": result.measurements["latency_device"],
-            "latency_threads": result.measurements["latency_threads"],
-        })  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = os.path.join(tmp, f"{run_name}.pt")
-            if p.remove_channels:
-                save_pruned_model(
-                    result.model,
-                    ckpt,
-                    cfg.model.name,
-                    data.in_channels,
-                    data.num_classes,
-                    data.image_size,
-                )
-            else:
-                save_state({k: v.cpu() for k, v in result.model.state_dict().items()}, ckpt)
-            client.log_artifact(run_id, ckpt, artifact_path="checkpoints")
-            layers = os.path.join(tmp, "layer_sparsity.json")
-            with open(layers, "w") as fh:
-                json.dump(result.layer_sparsity, fh, indent=1)
-            client.log_artifact(run_id, layers)
-        client.set_terminated(run_id, "FINISHED")
-        final = {k: result.final[k] for k in CONTRACT_METRICS}
-        epochs_run = float(last_step * epochs_per_step)
-        tune.report({**final, **extra, "epochs_run": epochs_run, "step": last_step,
-                     "rung": last_rung, "last_rung": last_rung})  # fmt: skip
+        run_recipe(client, run_id, plan, data)
     except TrainingDiverged as err:
-        # deterministic: retrying would diverge again, so the trial ends here as FAILED in MLflow
-        # and as NaN objectives for Tune (Optuna records a trial with NaN values as FAILED)
-        client.set_tag(run_id, "failure", "diverged")
-        client.set_tag(run_id, "error", error_line(err))
-        client.set_terminated(run_id, "FAILED")
-        print(f"[{run_name}] {err}", flush=True)
-        nan = dict.fromkeys((*CONTRACT_METRICS, *MEASURED_METRICS), float("nan"))
-        # epochs_run too: the searcher reads it (its cost objective) from every result
-        tune.report({**nan, "epochs_run": math.nan, "diverged": 1, "step": err.step, "rung": 0})
+        record_divergence(client, run_id, plan, err)
     except Exception as err:
         client.set_tag(run_id, "failure", "error")
         client.set_tag(run_id, "error", error_line(err))
@@ -345,3 +259,160 @@ def prune_trial(
     except BaseException:  # stopped from outside (interrupt, worker shutdown): not a fault
         client.set_terminated(run_id, "KILLED")
         raise
+
+
+def reuse_finished(client: Any, plan: TrialPlan, earlier: list[Any], trial_id: str) -> bool:
+    """Report the result of a FINISHED run among ``earlier`` to Tune instead of running the
+    recipe again (see the module docstring); True if there was one."""
+    from ray import tune
+
+    for old in earlier:
+        if old.info.status != "FINISHED":
+            continue
+        first = old.data.tags.get("trial_id", "")
+        if first and first != trial_id:
+            # the search proposed a recipe this sweep has run already (densities are rounded
+            # to 2 significant digits, so two samples can make one recipe): the run is
+            # seeded, so its result is this trial's too; the run says which trials reused it
+            reused = {t for t in old.data.tags.get(REUSED_BY_TAG, "").split(",") if t}
+            reused.add(trial_id)
+            client.set_tag(old.info.run_id, REUSED_BY_TAG, ",".join(sorted(reused)))
+            plan.say(f"the same recipe as trial {first}, which finished (run "
+                     f"{old.info.run_id}): its result is reused, not run again")  # fmt: skip
+        else:
+            plan.say("finished before the sweep was interrupted: not run again")
+        tune.report(_replay_finished(old, plan.last_step, plan.last_rung))
+        return True
+    return False
+
+
+def start_child_run(
+    client: Any, context: TrialContext, plan: TrialPlan, trial_id: str, earlier: list[Any]
+) -> str:
+    """Create the trial's child run (attempt number, the runs it replaces) and delete the runs
+    it replaces; returns its id."""
+    attempt = 1 + max((int(r.data.tags.get("attempt", 1)) for r in earlier), default=0)
+    tags = {
+        "mlflow.parentRunId": context.parent_run_id,
+        "sweep": context.sweep_name,
+        "trial_id": trial_id,
+        "config_hash": plan.cfg.short_hash(),
+        "attempt": str(attempt),
+    }
+    if earlier:
+        tags["replaces"] = ",".join(r.info.run_id for r in earlier)
+    run_id = client.create_run(context.experiment_id, run_name=plan.run_name, tags=tags).info.run_id
+    for old in earlier:  # one live child run per trial: the new attempt replaces the old ones
+        client.delete_run(old.info.run_id)
+    return run_id
+
+
+def log_trial_params(client: Any, run_id: str, plan: TrialPlan) -> None:
+    """The child run's params: the recipe (``trial_params``) and where Ray ran it."""
+    import ray
+
+    params = trial_params(plan.cfg, plan.device.type)
+    runtime = ray.get_runtime_context()
+    assigned = runtime.get_assigned_resources()
+    params["node_id"] = runtime.get_node_id()  # which Ray node ran the trial
+    params["cpus_assigned"] = assigned.get("CPU", 0)
+    params["gpus_assigned"] = assigned.get("GPU", 0)
+    log_params(client, run_id, params)
+
+
+class TrialReporter:
+    """Logs a running trial's points to its child run and reports them to Tune: one per prune
+    step (``step``, MLflow step = prune iteration) and, for a one-shot recipe, one per retraining
+    epoch but the last (``epoch``, kept apart as ``epoch_test_accuracy``)."""
+
+    def __init__(self, client: Any, run_id: str, plan: TrialPlan):
+        self.client, self.run_id, self.plan = client, run_id, plan
+
+    def _pending(self, values: dict[str, float], rung: int, epochs_run: float) -> None:
+        from ray import tune
+
+        # sizes, FLOPs and latency are measured once, on the final model: NaN until then
+        # (Tune insists that every report holds every objective)
+        pending = dict.fromkeys(MEASURED_METRICS, float("nan"))
+        tune.report({**values, **pending, "epochs_run": epochs_run, "step": rung, "rung": rung,
+                     "last_rung": self.plan.last_rung})  # fmt: skip
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        """After prune step ``step``: log it; report it unless it is the last (that report
+        waits for the final measurements, which are objectives too)."""
+        values = {k: metrics[k] for k in CONTRACT_METRICS}
+        epochs_run = float(step * self.plan.epochs_per_step)
+        log_metrics(self.client, self.run_id, {**values, "epochs_run": epochs_run}, step=step)
+        if step < self.plan.last_step:
+            self._pending(values, step, epochs_run)
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """After retraining epoch ``epoch`` of a one-shot recipe (not the last)."""
+        values = {k: metrics[k] for k in CONTRACT_METRICS}
+        log_metrics(self.client, self.run_id, {"epoch_test_accuracy": values["test_accuracy"],
+                                               "epochs_run": float(epoch)}, step=epoch)  # fmt: skip
+        self._pending(values, epoch, float(epoch))
+
+
+def run_recipe(client: Any, run_id: str, plan: TrialPlan, data: Any) -> None:
+    """Log the params, prune and retrain as the plan says, then log the final measurements and
+    artifacts, end the child run FINISHED and report the final result to Tune."""
+    from ray import tune
+
+    log_trial_params(client, run_id, plan)
+    reporter = TrialReporter(client, run_id, plan)
+    result = run_pruning(
+        plan.cfg,
+        data.to(plan.device),
+        plan.baseline["state"],
+        report=reporter.step,
+        dense_test_accuracy=plan.baseline["test_accuracy"],
+        rewind_states=plan.baseline.get("rewind_states"),
+        measure=True,
+        log=plan.say,
+        epoch_report=reporter.epoch,
+    )
+    measured = {k: float(result.measurements[k]) for k in MEASURED_METRICS}
+    extra = {**measured, "permanent_test_accuracy": result.permanent_test_accuracy}
+    extra["accuracy_change"] = result.final["test_accuracy"] - result.dense_test_accuracy
+    log_metrics(client, run_id, extra, step=plan.last_step)
+    latency_params = ("latency_batch_size", "latency_device", "latency_threads")
+    log_params(client, run_id, {k: result.measurements[k] for k in latency_params})
+    log_artifacts(client, run_id, plan, result, data)
+    client.set_terminated(run_id, "FINISHED")
+    final = {k: result.final[k] for k in CONTRACT_METRICS}
+    tune.report({**final, **extra, "epochs_run": float(plan.last_step * plan.epochs_per_step),
+                 "step": plan.last_step, "rung": plan.last_rung,
+                 "last_rung": plan.last_rung})  # fmt: skip
+
+
+def log_artifacts(client: Any, run_id: str, plan: TrialPlan, result: Any, data: Any) -> None:
+    """The permanent pruned checkpoint (a shrunk model as plain data when channels were removed)
+    and the per-layer sparsity, as artifacts of the child run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, f"{plan.run_name}.pt")
+        if plan.cfg.prune.remove_channels:
+            save_pruned_model(result.model, ckpt, plan.cfg.model.name, data.in_channels,
+                              data.num_classes, data.image_size)  # fmt: skip
+        else:
+            save_state({k: v.cpu() for k, v in result.model.state_dict().items()}, ckpt)
+        client.log_artifact(run_id, ckpt, artifact_path="checkpoints")
+        layers = os.path.join(tmp, "layer_sparsity.json")
+        with open(layers, "w") as fh:
+            json.dump(result.layer_sparsity, fh, indent=1)
+        client.log_artifact(run_id, layers)
+
+
+def record_divergence(client: Any, run_id: str, plan: TrialPlan, err: TrainingDiverged) -> None:
+    """A loss that went NaN or infinite is deterministic (retrying would diverge again): the
+    child run ends FAILED with ``failure=diverged``, and Tune gets NaN objectives (Optuna records
+    a trial with NaN values as FAILED)."""
+    from ray import tune
+
+    client.set_tag(run_id, "failure", "diverged")
+    client.set_tag(run_id, "error", error_line(err))
+    client.set_terminated(run_id, "FAILED")
+    plan.say(str(err))
+    nan = dict.fromkeys((*CONTRACT_METRICS, *MEASURED_METRICS), float("nan"))
+    # epochs_run too: the searcher reads it (its cost objective) from every result
+    tune.report({**nan, "epochs_run": math.nan, "diverged": 1, "step": err.step, "rung": 0})

@@ -56,7 +56,7 @@ def samples():
 
 def prune_config(recipe: dict) -> PruneConfig:
     """The recipe's PruneConfig (the sampler's own keys, e.g. log_density, left out)."""
-    return PruneConfig(**{k: v for k, v in recipe.items() if k in RECIPE_KEYS})
+    return PruneConfig.from_recipe(recipe)
 
 
 def check_target(params: dict, recipe: dict, low: float, high: float) -> None:
@@ -217,9 +217,10 @@ def test_registered_spaces():
     assert set(SPACES.names()) == set(SPACE_NAMES)
 
 
-def test_recipe_keys_are_prune_config_fields():
-    fields = {f.name for f in dataclasses.fields(PruneConfig)}
-    assert set(RECIPE_KEYS) <= fields
+def test_recipe_keys_are_prune_config_fields_and_method_options():
+    fields = {f.name for f in dataclasses.fields(PruneConfig)} - {"options"}
+    options = {"norm", "scope", "nm_n", "nm_m"}  # ln_structured's and nm's, from their entries
+    assert set(RECIPE_KEYS) == (fields - {"exclude_first", "exclude_last"}) | options
     assert len(RECIPE_KEYS) == len(set(RECIPE_KEYS)) == 15
 
 
