@@ -202,72 +202,33 @@ def run_pruning(
     ``rewind_states`` maps dense epochs to weights (needed for ``retrain="weight_rewind"``).
     With ``measure``, sizes, FLOPs and latency of the dense and final models are measured too.
     """
-    p, t = cfg.prune, cfg.train
+    p = cfg.prune
     seed_everything(cfg.seed)
     model = model_for(cfg, data)
     model.load_state_dict(dense_state)
     example = data.normalize(data.x_test[:64])  # batch for FLOPs, latency, dependency graphs
-    total, nonzero = count_parameters(model)
-    dense = {
-        "test_accuracy": evaluate(model, data)
-        if dense_test_accuracy is None
-        else dense_test_accuracy,
-        "nonzero_params": float(nonzero),
-        "total_params": float(total),
-    }
-    if measure:
-        from .measure import measure_all
-
-        dense.update(measure_all(model, example))
-    rewind_state = None
-    if p.retrain == "weight_rewind":
-        if not rewind_states or p.rewind_epoch not in rewind_states:
-            raise ValueError(
-                f"prune.rewind_epoch={p.rewind_epoch} has no saved weights; "
-                f"allowed: {sorted(rewind_states or {})}"
-            )
-        rewind_state = rewind_states[p.rewind_epoch]
+    dense = _dense_metrics(model, data, example, dense_test_accuracy, measure)
+    rewind_state = _rewind_state(p, rewind_states)
     targets = select_targets(model, cfg)
     prunable_total = sum(x.numel() for x in targets)
     options = method_options(cfg, model, example, targets)
     generator = torch.Generator().manual_seed(cfg.seed)
     schedule = sparsity_schedule(p.schedule, p.target_sparsity, p.iterations)
+    last_epoch = p.epochs_per_step(cfg.train.epochs)  # retraining epochs per step
     history = []
     for step, step_sparsity in enumerate(schedule, 1):
         prune_step(targets, p.method, step_sparsity, generator=generator, **options)
         if p.remove_channels and step == len(schedule):
-            from .structured import remove_pruned_channels
-
-            # the smaller model is fine-tuned as a dense one from here on
-            make_permanent(model)
-            model = remove_pruned_channels(model, example)
-            recalibrate_batch_norm(model, data, cfg.data.batch_size)
-            targets = select_targets(model, cfg)
-        label = f"retrain step {step}/{len(schedule)}"
-        retrain_epochs = p.epochs_per_step(t.epochs)
+            model, targets = _remove_channels(model, cfg, data, example)
         on_epoch = None
         if epoch_report is not None and len(schedule) == 1:
 
-            def on_epoch(epoch: int, last=retrain_epochs, model=model, targets=targets) -> None:
-                if epoch < last:
+            def on_epoch(epoch: int, model=model, targets=targets) -> None:
+                if epoch < last_epoch:
                     epoch_report(epoch, step_metrics(model, data, targets, prunable_total))
 
-        if p.retrain == "finetune":
-            train_epochs(
-                model, data, p.finetune_epochs, p.lr, cfg.data.batch_size, t.optimizer,
-                t.momentum, t.weight_decay, seed=cfg.seed + step, log=log, label=label,
-                compile=t.compile, on_epoch_end=on_epoch,
-            )  # fmt: skip
-        else:
-            if rewind_state is not None:
-                rewind_weights(model, rewind_state)
-            # replay the dense schedule from the rewind epoch to its end
-            train_epochs(
-                model, data, t.epochs - p.rewind_epoch, t.lr, cfg.data.batch_size, t.optimizer,
-                t.momentum, t.weight_decay, seed=cfg.seed + step, log=log, label=label,
-                schedule_epochs=t.epochs, schedule_offset=p.rewind_epoch, compile=t.compile,
-                on_epoch_end=on_epoch,
-            )  # fmt: skip
+        label = f"retrain step {step}/{len(schedule)}"
+        retrain(model, cfg, data, step, rewind_state, label, log, on_epoch)
         metrics = step_metrics(model, data, targets, prunable_total)
         metrics["step_target_sparsity"] = step_sparsity
         history.append(metrics)
@@ -282,3 +243,83 @@ def run_pruning(
 
         measurements = measure_all(model, example)
     return PruneResult(model, dense, history, per_layer, measurements, permanent_accuracy)
+
+
+def _dense_metrics(
+    model: nn.Module,
+    data: TensorData,
+    example: torch.Tensor,
+    test_accuracy: float | None,
+    measure: bool,
+) -> dict[str, Any]:
+    """The dense model's test accuracy (evaluated unless given), parameter counts and, with
+    ``measure``, its sizes, FLOPs and latency."""
+    total, nonzero = count_parameters(model)
+    dense = {
+        "test_accuracy": evaluate(model, data) if test_accuracy is None else test_accuracy,
+        "nonzero_params": float(nonzero),
+        "total_params": float(total),
+    }
+    if measure:
+        from .measure import measure_all
+
+        dense.update(measure_all(model, example))
+    return dense
+
+
+def _rewind_state(
+    p: Any, rewind_states: dict[int, dict[str, torch.Tensor]] | None
+) -> dict[str, torch.Tensor] | None:
+    """The dense weights weight rewinding returns to (None for other retraining modes)."""
+    if p.retrain != "weight_rewind":
+        return None
+    if not rewind_states or p.rewind_epoch not in rewind_states:
+        raise ValueError(
+            f"prune.rewind_epoch={p.rewind_epoch} has no saved weights; "
+            f"allowed: {sorted(rewind_states or {})}"
+        )
+    return rewind_states[p.rewind_epoch]
+
+
+def _remove_channels(
+    model: nn.Module, cfg: ExperimentConfig, data: TensorData, example: torch.Tensor
+) -> tuple[nn.Module, list[PruneTarget]]:
+    """Remove the zeroed channels physically; the smaller model is fine-tuned as a dense one
+    from here on (its batch norms re-estimated, its targets found again)."""
+    from .structured import remove_pruned_channels
+
+    make_permanent(model)
+    model = remove_pruned_channels(model, example)
+    recalibrate_batch_norm(model, data, cfg.data.batch_size)
+    return model, select_targets(model, cfg)
+
+
+def retrain(
+    model: nn.Module,
+    cfg: ExperimentConfig,
+    data: TensorData,
+    step: int,
+    rewind_state: dict[str, torch.Tensor] | None,
+    label: str,
+    log: Callable[[str], None] | None,
+    on_epoch: Callable[[int], None] | None,
+) -> None:
+    """Retrain after prune step ``step``: fine-tune at ``prune.lr`` for ``finetune_epochs``, or
+    (rewinding) replay the dense schedule from ``rewind_epoch`` to its end, from the rewound
+    weights when ``rewind_state`` is given."""
+    p, t = cfg.prune, cfg.train
+    if p.retrain == "finetune":
+        train_epochs(
+            model, data, p.finetune_epochs, p.lr, cfg.data.batch_size, t.optimizer,
+            t.momentum, t.weight_decay, seed=cfg.seed + step, log=log, label=label,
+            compile=t.compile, on_epoch_end=on_epoch,
+        )  # fmt: skip
+        return
+    if rewind_state is not None:
+        rewind_weights(model, rewind_state)
+    train_epochs(
+        model, data, t.epochs - p.rewind_epoch, t.lr, cfg.data.batch_size, t.optimizer,
+        t.momentum, t.weight_decay, seed=cfg.seed + step, log=log, label=label,
+        schedule_epochs=t.epochs, schedule_offset=p.rewind_epoch, compile=t.compile,
+        on_epoch_end=on_epoch,
+    )  # fmt: skip

@@ -102,6 +102,65 @@ def _strip_param(path: str) -> str:
     return path
 
 
+def _ranking_units(
+    weights: dict[str, PruneTarget], selected: list[str], couple: list[list[str]] | None
+) -> list[list[str]]:
+    """Units ranked together: one per coupled group (checked: selected layers, one filter count,
+    no layer in two groups), one per remaining selected layer."""
+    units: list[list[str]] = []
+    seen: set[str] = set()
+    for group in couple or []:
+        group = [_strip_param(p) for p in group]
+        members = [p for p in group if p in selected]
+        if len(members) != len(group):
+            missing = [p for p in group if p not in selected]
+            raise ValueError(
+                f"couple group {group!r} names unselected or unknown layers {missing!r}"
+            )
+        counts = {weights[p].tensor().shape[0] for p in members}
+        if len(counts) != 1:
+            raise ValueError(f"couple group {group!r} mixes filter counts {sorted(counts)}")
+        if seen.intersection(members):
+            raise ValueError(f"couple group {group!r} repeats a layer of another group")
+        seen.update(members)
+        units.append(members)
+    units += [[p] for p in selected if p not in seen]
+    return units
+
+
+def _keep_per_unit(
+    weights: dict[str, PruneTarget], units: list[list[str]], norm: int, sparsity: float
+) -> dict[str, torch.Tensor]:
+    """Layer scope: module path -> bool keep per filter, ``round(s * filters)`` pruned per unit."""
+    filter_keep: dict[str, torch.Tensor] = {}
+    for members in units:
+        normalise = len(members) > 1  # a single layer's ranking is unaffected by scaling
+        per_member = [_filter_scores(weights[p], norm, normalise) for p in members]
+        scores = torch.stack(per_member).sum(0)
+        # A channel already pruned in any member ranks first, so coupled layers converge.
+        dead = torch.stack([s < 0 for s in per_member]).any(0)
+        scores = torch.where(dead, torch.full_like(scores, -1.0), scores)
+        keep = keep_mask_exact(scores, round(sparsity * scores.numel()))
+        for p in members:
+            filter_keep[p] = keep
+    return filter_keep
+
+
+def _keep_global(
+    weights: dict[str, PruneTarget], selected: list[str], norm: int, sparsity: float
+) -> dict[str, torch.Tensor]:
+    """Global scope: one ranking of the normalised filter norms of every selected layer."""
+    if not selected:
+        return {}
+    per_layer = [_filter_scores(weights[p], norm, normalise=True) for p in selected]
+    flat = torch.cat([s.to(per_layer[0].device) for s in per_layer])
+    keep = keep_mask_exact(flat, round(sparsity * flat.numel()))
+    sizes = [s.numel() for s in per_layer]
+    return {
+        p: k.to(s.device) for p, k, s in zip(selected, keep.split(sizes), per_layer, strict=True)
+    }
+
+
 def ln_structured_kwargs(
     config: Any, model: nn.Module, example: torch.Tensor, targets: list
 ) -> dict:
@@ -182,46 +241,12 @@ def ln_structured_masks(
             )
         selected = [p for p in selected if p in set(wanted)]
 
-    # Units ranked together: one per coupled group, one per remaining selected layer.
-    units: list[list[str]] = []
-    seen: set[str] = set()
-    for group in couple or []:
-        group = [_strip_param(p) for p in group]
-        members = [p for p in group if p in selected]
-        if len(members) != len(group):
-            missing = [p for p in group if p not in selected]
-            raise ValueError(
-                f"couple group {group!r} names unselected or unknown layers {missing!r}"
-            )
-        counts = {weights[p].tensor().shape[0] for p in members}
-        if len(counts) != 1:
-            raise ValueError(f"couple group {group!r} mixes filter counts {sorted(counts)}")
-        if seen.intersection(members):
-            raise ValueError(f"couple group {group!r} repeats a layer of another group")
-        seen.update(members)
-        units.append(members)
-    units += [[p] for p in selected if p not in seen]
+    units = _ranking_units(weights, selected, couple)
 
-    filter_keep: dict[str, torch.Tensor] = {}  # module path -> bool keep per filter
     if scope == "layer":
-        for members in units:
-            normalise = len(members) > 1  # a single layer's ranking is unaffected by scaling
-            per_member = [_filter_scores(weights[p], norm, normalise) for p in members]
-            scores = torch.stack(per_member).sum(0)
-            # A channel already pruned in any member ranks first, so coupled layers converge.
-            dead = torch.stack([s < 0 for s in per_member]).any(0)
-            scores = torch.where(dead, torch.full_like(scores, -1.0), scores)
-            keep = keep_mask_exact(scores, round(sparsity * scores.numel()))
-            for p in members:
-                filter_keep[p] = keep
-    elif selected:
-        per_layer = [_filter_scores(weights[p], norm, normalise=True) for p in selected]
-        flat = torch.cat([s.to(per_layer[0].device) for s in per_layer])
-        keep = keep_mask_exact(flat, round(sparsity * flat.numel()))
-        for p, k, s in zip(
-            selected, keep.split([s.numel() for s in per_layer]), per_layer, strict=True
-        ):
-            filter_keep[p] = k.to(s.device)
+        filter_keep = _keep_per_unit(weights, units, norm, sparsity)
+    else:
+        filter_keep = _keep_global(weights, selected, norm, sparsity)
 
     masks = []
     for t in targets:
