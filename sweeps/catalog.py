@@ -20,9 +20,12 @@ once on the final model::
                                reference="dense", dense_from="conv_params",
                                measure=conv_weights))
 
+(with ``conv_params``, every conv weight, registered the same way; ``tests/catalog_plugin.py``).
 Every trial then logs ``conv_weights`` at its last step, and ``--objectives
 test_accuracy:max,conv_weights:min`` ranks on it. The derived accessors are functions, computed
-at each call, so a metric registered after import counts everywhere.
+at each call, so a metric registered after import counts everywhere. ``python -m sweeps.pareto``
+loads no plugin: there a plugin's metric is analysed without its unit and with the
+data-dependent reference.
 
 The dense model's value, which a ``"dense"`` reference needs, comes from the runs: the largest
 value of the metric named by ``dense_from`` over the analysed runs (the dense model has every
