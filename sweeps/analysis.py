@@ -1,9 +1,11 @@
 """The one place that ranks sweep results: objectives, the non-dominated set, non-dominated
 sorting with crowding distance, hypervolume and its reference point, and the runs table.
 
-Pure: numpy and pandas only; no MLflow, no files, no plotting. The final front of a sweep
-(``sweeps.runner``), the ``python -m sweeps.pareto`` command, the report (``sweeps.report``) and
-multi-objective early stopping (``sweeps.scheduler``) all rank points here, so they agree.
+Pure: numpy, pandas and the metric catalog (``sweeps.catalog``, the standard library only); no
+MLflow, no files, no plotting. The final front of a sweep (``sweeps.runner``), the ``python -m
+sweeps.pareto`` command, the report (``sweeps.report``) and multi-objective early stopping
+(``sweeps.scheduler``) all rank points here, so they agree. Units, names and fixed references of
+the metrics come from the catalog.
 
 Main entry points:
 
@@ -35,36 +37,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import catalog
+from .catalog import label, unit  # noqa: F401  (label: re-exported, report and pareto use it)
+
+# The catalog's built-in entries under the names this module has always had (what a plugin
+# registers later is not in them: the code here asks ``sweeps.catalog`` at each call).
 # Metrics a trial logs that can serve as objectives, with the unit shown in tables and plots.
-OBJECTIVE_METRICS = {
-    "test_accuracy": "fraction",
-    "sparsity": "fraction",
-    "nonzero_params": "count",
-    "total_params": "count",
-    "size_bytes": "bytes",
-    "sparse_size_bytes": "bytes",
-    "flops": "FLOPs per batch",
-    "effective_flops": "FLOPs per batch",
-    "latency_ms": "ms per batch",
-}
+OBJECTIVE_METRICS = catalog.objective_metrics()
 # Readable names for axes and reports. Metrics that are not sweep objectives (the runner's
 # OptunaSearch cannot optimise them) can still be analysed here, so they get a name and unit too.
-METRIC_NAMES = {
-    "test_accuracy": "test accuracy",
-    "sparsity": "sparsity",
-    "nonzero_params": "non-zero parameters",
-    "total_params": "total parameters",
-    "size_bytes": "dense size",
-    "sparse_size_bytes": "sparse size",
-    "flops": "FLOPs",
-    "effective_flops": "effective FLOPs",
-    "latency_ms": "latency",
-    "permanent_test_accuracy": "test accuracy after prune.remove",
-    "accuracy_change": "accuracy change from dense",
-}
-EXTRA_UNITS = {"permanent_test_accuracy": "fraction", "accuracy_change": "fraction"}
+METRIC_NAMES = {m.name: m.label for m in catalog.metrics()}
+EXTRA_UNITS = {m.name: m.unit for m in catalog.metrics() if not m.objective}
 # Values of the dense model where they follow from its definition (nothing pruned).
-DENSE_FIXED = {"sparsity": 0.0, "accuracy_change": 0.0}
+DENSE_FIXED = catalog.dense_fixed()
 # How far the data-dependent reference point lies beyond the worst value, as a share of the range.
 REFERENCE_OFFSET = 0.1
 DEFAULT_OBJECTIVES = "test_accuracy:max,nonzero_params:min"
@@ -77,11 +62,10 @@ RECIPE_COLUMNS = ["model", "method", "target_sparsity", "schedule", "iterations"
 # Fixed hypervolume references, per objective, independent of the runs (so that two sweeps of
 # the same dense model are comparable). Fractions where 0 is the worst any model can do, when
 # maximised: reference 0, best possible 1.
-ZERO_REFERENCE = ("test_accuracy", "permanent_test_accuracy", "sparsity")
+ZERO_REFERENCE = catalog.zero_reference()
 # Costs (counts, bytes, FLOPs, milliseconds), when minimised: reference the dense model's own
 # value (a pruned model that costs as much as the dense one adds nothing), best possible 0.
-DENSE_REFERENCE = ("nonzero_params", "total_params", "size_bytes", "sparse_size_bytes", "flops",
-                   "effective_flops", "latency_ms")  # fmt: skip
+DENSE_REFERENCE = catalog.dense_reference()
 # MLflow tag of a child run that early stopping ended: the rung it stopped at (``"2"``).
 STOPPED_TAG = "early_stopped"
 
@@ -95,17 +79,6 @@ class Objective:
 
     def __str__(self) -> str:
         return f"{self.metric}:{self.mode}"
-
-
-def unit(metric: str) -> str:
-    """The unit of ``metric`` (``""`` if unknown)."""
-    return OBJECTIVE_METRICS.get(metric, EXTRA_UNITS.get(metric, ""))
-
-
-def label(metric: str) -> str:
-    """Axis label with the unit, e.g. ``"non-zero parameters (count)"``."""
-    name = METRIC_NAMES.get(metric, metric.replace("_", " "))
-    return f"{name} ({unit(metric)})" if unit(metric) else name
 
 
 def split_objectives(text: str) -> list[Objective]:
@@ -130,11 +103,11 @@ def split_objectives(text: str) -> list[Objective]:
 
 def parse_objectives(text: str, known: Mapping[str, str] | None = None) -> list[Objective]:
     """Parse ``"test_accuracy:max,nonzero_params:min"``; two or three distinct objectives, each a
-    metric of ``known`` (default ``OBJECTIVE_METRICS``).
+    metric of ``known`` (default: the catalog's objective metrics now, a plugin's included).
 
     Raises ``ValueError`` with one line naming the bad part and what is allowed.
     """
-    known = OBJECTIVE_METRICS if known is None else known
+    known = catalog.objective_metrics() if known is None else known
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         metric, sep, mode = part.partition(":")
         if sep and mode.strip() in ("max", "min") and metric.strip() not in known:
@@ -388,29 +361,34 @@ def default_reference(values: np.ndarray, maximize: Sequence[bool]) -> tuple[flo
 
 
 def _fixed_bounds(objective: Objective, dense: Mapping[str, float]) -> tuple[float, float] | None:
-    """(fixed reference, best possible value) of ``objective``, or None where no fixed rule
-    applies or the dense value it needs is unknown."""
+    """(fixed reference, best possible value) of ``objective`` from its catalog entry, or None
+    where no fixed rule applies or the dense value it needs is unknown. The best possible value
+    is NaN where the catalog knows none (a maximised metric other than a fraction)."""
     metric = objective.metric
-    value = dense.get(metric)
-    known = value is not None and math.isfinite(float(value))
-    if objective.mode == "max" and metric in ZERO_REFERENCE:
-        return 0.0, 1.0
-    if objective.mode == "min" and metric in DENSE_REFERENCE and known:
-        return float(value), 0.0
+    entry = catalog.get_metric(metric)
     acc = dense.get("test_accuracy")
     if objective.mode == "max" and metric == "accuracy_change" and acc is not None:
         # a model with no correct prediction changes accuracy by -dense accuracy
         return -float(acc), 1.0 - float(acc)
+    if entry is None or entry.reference is None or objective.mode != entry.direction:
+        return None
+    best = math.nan if entry.best is None else entry.best
+    if entry.reference == "zero":
+        return 0.0, best
+    value = dense.get(metric)
+    if value is not None and math.isfinite(float(value)):
+        return float(value), best
     return None
 
 
 def fixed_reference(
     objectives: str | Sequence[Objective], dense: Mapping[str, float]
 ) -> tuple[float, ...]:
-    """The fixed reference point of ``objectives``, independent of the runs: accuracy-like
-    fractions that are maximised (test_accuracy, permanent_test_accuracy, sparsity) at 0; costs
-    that are minimised (parameter counts, sizes, FLOPs, latency) at the dense model's value,
-    ``dense[metric]``; accuracy_change (max) at ``-dense["test_accuracy"]``.
+    """The fixed reference point of ``objectives``, independent of the runs, as the catalog
+    (``sweeps.catalog``) gives it: accuracy-like fractions that are maximised (test_accuracy,
+    sparsity, permanent_test_accuracy: reference ``"zero"``) at 0; costs that are minimised
+    (parameter counts, sizes, FLOPs, latency, a plugin's ``"dense"`` metric) at the dense
+    model's value, ``dense[metric]``; accuracy_change (max) at ``-dense["test_accuracy"]``.
 
     ``dense`` carries the dense model's values, e.g. ``{"nonzero_params": 109386,
     "total_params": 109386, "test_accuracy": 0.97}``. Two sweeps of the same dense model get
@@ -423,7 +401,8 @@ def fixed_reference(
         if math.isnan(r):
             raise ValueError(
                 f"objective {o} has no fixed reference: maximise one of "
-                f"{', '.join(ZERO_REFERENCE)}, or minimise one of {', '.join(DENSE_REFERENCE)} "
+                f"{', '.join(catalog.zero_reference())}, or minimise one of "
+                f"{', '.join(catalog.dense_reference())} "
                 f"with its dense value given (dense values: {', '.join(dense) or '(none)'})"
             )
     return ref
@@ -557,7 +536,7 @@ class Analysis:
             )
         parts = []
         for o, kind in zip(self.objectives, self.reference_kinds, strict=True):
-            if kind == "fixed" and o.metric in ZERO_REFERENCE:
+            if kind == "fixed" and o.metric in catalog.zero_reference():
                 parts.append(f"{o.metric} 0")
             elif kind == "fixed" and o.metric == "accuracy_change":
                 parts.append(f"{o.metric} minus the dense accuracy")
@@ -602,11 +581,20 @@ def numeric_columns(runs: pd.DataFrame) -> list[str]:
     return out
 
 
+def _largest(frame: pd.DataFrame, column: str) -> float:
+    """The largest number in ``frame[column]``; NaN where the column is absent or has none."""
+    if column not in frame:
+        return float("nan")
+    return float(pd.to_numeric(frame[column], errors="coerce").max())
+
+
 def dense_baselines(runs: pd.DataFrame, dense: Mapping[str, float] | None = None) -> pd.DataFrame:
     """One row per dense model: ``model``, ``test_accuracy`` (``dense`` or the runs'
-    ``dense_test_accuracy``), ``nonzero_params`` = ``total_params`` = the largest ``total_params``
-    among that model's runs (structured runs that remove channels report fewer, the others the
-    dense count), ``sparsity`` 0. Empty if the dense accuracy is unknown."""
+    ``dense_test_accuracy``), each metric the catalog finds from a column of the runs
+    (``sweeps.catalog.dense_sources``: ``nonzero_params`` = ``total_params`` = the largest
+    ``total_params`` among that model's runs; structured runs that remove channels report
+    fewer, the others the dense count), and the values fixed by definition (``sparsity`` 0).
+    Empty if the dense accuracy is unknown."""
     rows = []
     models = runs["model"] if "model" in runs else pd.Series([""] * len(runs), index=runs.index)
     for model in pd.unique(models.dropna()):
@@ -617,12 +605,9 @@ def dense_baselines(runs: pd.DataFrame, dense: Mapping[str, float] | None = None
         elif "dense_test_accuracy" in sub:
             # several sweeps of one model may have several baselines
             accs = sorted(set(pd.to_numeric(sub["dense_test_accuracy"], errors="coerce").dropna()))
-        total = float(sub["total_params"].max()) if "total_params" in sub else float("nan")
+        found = {m: _largest(sub, source) for m, source in catalog.dense_sources().items()}
         for acc in accs:
-            rows.append({
-                "model": model, "test_accuracy": acc, "nonzero_params": total,
-                "total_params": total, **DENSE_FIXED,
-            })  # fmt: skip
+            rows.append({"model": model, "test_accuracy": acc, **found, **catalog.dense_fixed()})
     return pd.DataFrame(rows)
 
 
@@ -630,16 +615,17 @@ def dense_values_of(
     runs: pd.DataFrame, dense: Mapping[str, float] | None = None
 ) -> dict[str, float]:
     """The dense model's values that the fixed reference needs, as far as ``runs`` tell them:
-    ``nonzero_params`` = ``total_params`` = the largest ``total_params`` of any run (with
-    several models: the largest model, so every model's runs fit inside the reference) and
-    ``test_accuracy``, the largest dense accuracy (``dense`` per model, else the runs'
-    ``dense_test_accuracy``). Sizes, FLOPs and latency of the dense model are not in the runs
-    table: pass them to ``analyse`` as ``dense_values``."""
+    each metric of ``sweeps.catalog.dense_sources`` at the largest value of its source column
+    over the runs (``nonzero_params`` = ``total_params`` = the largest ``total_params`` of any
+    run; with several models the largest model, so every model's runs fit inside the
+    reference) and ``test_accuracy``, the largest dense accuracy (``dense`` per model, else the
+    runs' ``dense_test_accuracy``). Sizes, FLOPs and latency of the dense model are not in the
+    runs table: pass them to ``analyse`` as ``dense_values``."""
     out: dict[str, float] = {}
-    if "total_params" in runs:
-        total = pd.to_numeric(runs["total_params"], errors="coerce").max()
-        if pd.notna(total):
-            out["nonzero_params"] = out["total_params"] = float(total)
+    for metric, source in catalog.dense_sources().items():
+        value = _largest(runs, source)
+        if pd.notna(value):
+            out[metric] = value
     accs = list(dense.values()) if dense else []
     if not accs and "dense_test_accuracy" in runs:
         accs = list(pd.to_numeric(runs["dense_test_accuracy"], errors="coerce").dropna())
@@ -708,55 +694,18 @@ def analyse(
     objs = as_objectives(objectives)
     metrics = [o.metric for o in objs]
     maximize = [o.mode == "max" for o in objs]
-    for metric in metrics:
-        if metric not in runs or pd.to_numeric(runs[metric], errors="coerce").isna().all():
-            raise ValueError(
-                f"objective metric {metric!r} is in no run; metrics that exist: "
-                f"{', '.join(numeric_columns(runs)) or '(none)'}"
-            )
-    if by is not None and (by not in runs or runs[by].isna().all()):
-        raise ValueError(
-            f"by {by!r} is in no run; columns that exist: {', '.join(map(str, runs.columns))}"
-        )
-    table = runs.copy()
-    for metric in metrics:
-        table[metric] = pd.to_numeric(table[metric], errors="coerce")
-    values = table[metrics].to_numpy(dtype=float)
+    _check_columns(runs, metrics, by)
+    table, values = _objective_table(runs, metrics)
     lacking = np.isnan(values)
-    table["missing"] = [
-        ",".join(m for m, gone in zip(metrics, row, strict=True) if gone) for row in lacking
-    ]
     ok = ~lacking.any(axis=1)
     if not ok.any():
         raise ValueError(f"no run has all of the objectives {', '.join(metrics)}")
     known = {**dense_values_of(runs, dense), **(dense_values or {})}
     ref, kinds = _reference(objs, values[ok], reference, known)
     table["pareto"] = pareto_mask(values, maximize)
-    groups = None
-    if by is not None:
-        table["group"] = table[by].map(_group_label)
-        table["group_pareto"] = False
-        rows = []
-        # groups in the order of their values (numeric params sort as numbers)
-        order = table.sort_values(by, kind="stable", na_position="last")["group"]
-        for name in pd.unique(order):
-            in_group = (table["group"] == name).to_numpy()
-            idx = np.flatnonzero(in_group & ok)
-            table.loc[table.index[idx], "group_pareto"] = pareto_mask(values[idx], maximize)
-            rows.append({
-                "group": name,
-                "runs": int(in_group.sum()),
-                "analysed": len(idx),
-                "on_group_front": int(table["group_pareto"].to_numpy()[idx].sum()),
-                "on_global_front": int(table["pareto"].to_numpy()[idx].sum()),
-                "hypervolume": hypervolume(values[idx], maximize, ref),
-            })  # fmt: skip
-        groups = pd.DataFrame(rows)
+    groups = _group_fronts(table, values, ok, maximize, ref, by) if by is not None else None
     first = objs[0]
     table = table.sort_values(first.metric, ascending=first.mode == "min", kind="stable")
-    stopped_rows = pd.DataFrame() if stopped is None else stopped.copy()
-    if len(stopped_rows) and "stopped_at_rung" in stopped_rows:
-        stopped_rows = stopped_rows.sort_values("stopped_at_rung", kind="stable")
     return Analysis(
         objectives=objs,
         table=table.reset_index(drop=True),
@@ -767,9 +716,76 @@ def analyse(
         groups=groups,
         baselines=dense_baselines(runs, dense),
         missing_counts={m: int(lacking[:, i].sum()) for i, m in enumerate(metrics)},
-        stopped=stopped_rows.reset_index(drop=True),
+        stopped=_stopped_rows(stopped),
         dense_values=known,
     )
+
+
+def _check_columns(runs: pd.DataFrame, metrics: list[str], by: str | None) -> None:
+    """Raise ``ValueError`` (one line) for an objective or ``by`` column that no run has."""
+    for metric in metrics:
+        if metric not in runs or pd.to_numeric(runs[metric], errors="coerce").isna().all():
+            raise ValueError(
+                f"objective metric {metric!r} is in no run; metrics that exist: "
+                f"{', '.join(numeric_columns(runs)) or '(none)'}"
+            )
+    if by is not None and (by not in runs or runs[by].isna().all()):
+        raise ValueError(
+            f"by {by!r} is in no run; columns that exist: {', '.join(map(str, runs.columns))}"
+        )
+
+
+def _objective_table(runs: pd.DataFrame, metrics: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """A copy of ``runs`` with the objective columns as numbers and ``missing`` (the objectives
+    a run lacks, comma-separated), and the objective values (n runs x k, NaN where lacking)."""
+    table = runs.copy()
+    for metric in metrics:
+        table[metric] = pd.to_numeric(table[metric], errors="coerce")
+    values = table[metrics].to_numpy(dtype=float)
+    table["missing"] = [
+        ",".join(m for m, gone in zip(metrics, row, strict=True) if gone)
+        for row in np.isnan(values)
+    ]
+    return table, values
+
+
+def _group_fronts(
+    table: pd.DataFrame,
+    values: np.ndarray,
+    ok: np.ndarray,
+    maximize: list[bool],
+    ref: tuple[float, ...],
+    by: str,
+) -> pd.DataFrame:
+    """Per value of ``by``: its own front (``table`` gains ``group`` and ``group_pareto``, in
+    place) and one row of counts and hypervolume against ``ref``. ``ok``: the rows that have
+    every objective; ``table["pareto"]`` must be set."""
+    table["group"] = table[by].map(_group_label)
+    table["group_pareto"] = False
+    rows = []
+    # groups in the order of their values (numeric params sort as numbers)
+    order = table.sort_values(by, kind="stable", na_position="last")["group"]
+    for name in pd.unique(order):
+        in_group = (table["group"] == name).to_numpy()
+        idx = np.flatnonzero(in_group & ok)
+        table.loc[table.index[idx], "group_pareto"] = pareto_mask(values[idx], maximize)
+        rows.append({
+            "group": name,
+            "runs": int(in_group.sum()),
+            "analysed": len(idx),
+            "on_group_front": int(table["group_pareto"].to_numpy()[idx].sum()),
+            "on_global_front": int(table["pareto"].to_numpy()[idx].sum()),
+            "hypervolume": hypervolume(values[idx], maximize, ref),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _stopped_rows(stopped: pd.DataFrame | None) -> pd.DataFrame:
+    """The early-stopped trials, by the rung they stopped at (empty if none)."""
+    rows = pd.DataFrame() if stopped is None else stopped.copy()
+    if len(rows) and "stopped_at_rung" in rows:
+        rows = rows.sort_values("stopped_at_rung", kind="stable")
+    return rows.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------

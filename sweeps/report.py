@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import Analysis, label, pareto_mask, unit
+from .catalog import LOG_UNITS, is_log_axis
 
 # ---------------------------------------------------------------------------------------------
 # Text: the printed summary and tables
@@ -32,7 +33,7 @@ def format_value(metric: str, value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "*" if value else ""
     if isinstance(value, (int, float, np.integer, np.floating)):
-        if unit(metric) in ("count", "bytes", "FLOPs per batch") and float(value).is_integer():
+        if unit(metric) in LOG_UNITS and float(value).is_integer():
             return f"{int(value)}"
         return f"{float(value):.4g}"
     return str(value)
@@ -169,7 +170,6 @@ def _groups_for_print(analysis: Analysis) -> pd.DataFrame:
 
 # Marker shapes cycle with the colours, so groups stay apart in greyscale print too.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
-LOG_UNITS = ("count", "bytes", "FLOPs per batch")
 LOG_SPAN = 20.0  # a count axis whose values span more than this factor is drawn on a log scale
 
 
@@ -210,12 +210,13 @@ def _staircase(
 
 
 def _axis_scale(ax: Any, which: str, metric: str, values: np.ndarray) -> None:
-    """Log scale for counts/bytes/FLOPs spanning over ``LOG_SPAN``x (sparsity sweeps span
-    decades of non-zero parameters); engineering-notation tick labels for those units."""
+    """Log scale for the catalog's log-axis metrics (counts/bytes/FLOPs) spanning over
+    ``LOG_SPAN``x (sparsity sweeps span decades of non-zero parameters); engineering-notation
+    tick labels for those metrics."""
     from matplotlib.ticker import EngFormatter, NullFormatter
 
     values = values[np.isfinite(values)]
-    if unit(metric) not in LOG_UNITS or len(values) == 0:
+    if not is_log_axis(metric) or len(values) == 0:
         return
     axis = ax.xaxis if which == "x" else ax.yaxis
     if values.min() > 0 and values.max() / values.min() > LOG_SPAN:
@@ -239,15 +240,40 @@ def _draw_pair(
     metrics, maximize = analysis.metrics, analysis.maximize
     mx, my = metrics[ix], metrics[iy]
     runs = analysis.analysed
-    pair_max = [maximize[ix], maximize[iy]]
     ref = np.array([analysis.reference[ix], analysis.reference[iy]])
     xy_all = runs[[mx, my]].to_numpy(dtype=float)
 
-    line, polygon = _staircase(
-        xy_all if not full_front else runs[runs["pareto"]][[mx, my]].to_numpy(dtype=float),
-        pair_max,
-        ref,
+    _draw_fronts(ax, analysis, (mx, my), [maximize[ix], maximize[iy]], ref, styles, full_front)
+    _draw_points(ax, runs, (mx, my), styles, key, full_front)
+    _draw_dense(ax, analysis, mx, my)
+    ax.scatter(
+        [ref[0]], [ref[1]], marker="x", s=50, color="0.35", zorder=5, label="reference point"
     )
+
+    ax.set_xlabel(f"{label(mx)}, {'higher' if maximize[ix] else 'lower'} is better")
+    ax.set_ylabel(f"{label(my)}, {'higher' if maximize[iy] else 'lower'} is better")
+    _axis_scale(ax, "x", mx, np.append(xy_all[:, 0], ref[0]))
+    _axis_scale(ax, "y", my, np.append(xy_all[:, 1], ref[1]))
+    ax.grid(True, which="major", color="0.88", lw=0.8)
+    ax.set_axisbelow(True)
+
+
+def _draw_fronts(
+    ax: Any,
+    analysis: Analysis,
+    pair: tuple[str, str],
+    pair_max: list[bool],
+    ref: np.ndarray,
+    styles: dict[str, tuple[Any, str]],
+    full_front: bool,
+) -> None:
+    """The front of the metrics ``pair`` (x, y) as a staircase against ``ref``: with
+    ``full_front`` the global front, the dominated region shaded and each group's own front in
+    its colour; otherwise this pair's own front over every analysed run, dashed."""
+    runs = analysis.analysed
+    cols = list(pair)
+    drawn = runs[runs["pareto"]] if full_front else runs
+    line, polygon = _staircase(drawn[cols].to_numpy(dtype=float), pair_max, ref)
     if full_front and len(polygon):
         ax.fill(
             polygon[:, 0],
@@ -271,20 +297,24 @@ def _draw_pair(
     if full_front and analysis.by is not None:
         # each group's own front, in its colour, to compare groups at a glance
         for name, rows in runs.groupby("group", sort=False):
-            gline, _ = _staircase(
-                rows[rows["group_pareto"]][[mx, my]].to_numpy(dtype=float), pair_max, ref
-            )
+            gline, _ = _staircase(rows[rows["group_pareto"]][cols].to_numpy(dtype=float),
+                                  pair_max, ref)  # fmt: skip
             if len(gline):
-                ax.plot(
-                    gline[:, 0],
-                    gline[:, 1],
-                    color=styles[name][0],
-                    lw=1.0,
-                    ls="--",
-                    alpha=0.9,
-                    zorder=2,
-                )
+                ax.plot(gline[:, 0], gline[:, 1], color=styles[name][0], lw=1.0, ls="--",
+                        alpha=0.9, zorder=2)  # fmt: skip
 
+
+def _draw_points(
+    ax: Any,
+    runs: pd.DataFrame,
+    pair: tuple[str, str],
+    styles: dict[str, tuple[Any, str]],
+    key: str | None,
+    full_front: bool,
+) -> None:
+    """Every analysed run at the metrics ``pair`` (x, y), in its group's colour and marker
+    (groups by ``key``); runs on the front outlined in black."""
+    mx, my = pair
     groups = runs[key].map(lambda v: "(unset)" if pd.isna(v) else str(v)) if key else None
     for name, (colour, marker) in styles.items():
         rows = runs if groups is None else runs[groups == name]
@@ -318,18 +348,6 @@ def _draw_pair(
         linewidths=1.2,
         label="on the Pareto front" if full_front else "on the 3-objective front",
     )
-
-    _draw_dense(ax, analysis, mx, my)
-    ax.scatter(
-        [ref[0]], [ref[1]], marker="x", s=50, color="0.35", zorder=5, label="reference point"
-    )
-
-    ax.set_xlabel(f"{label(mx)}, {'higher' if maximize[ix] else 'lower'} is better")
-    ax.set_ylabel(f"{label(my)}, {'higher' if maximize[iy] else 'lower'} is better")
-    _axis_scale(ax, "x", mx, np.append(xy_all[:, 0], ref[0]))
-    _axis_scale(ax, "y", my, np.append(xy_all[:, 1], ref[1]))
-    ax.grid(True, which="major", color="0.88", lw=0.8)
-    ax.set_axisbelow(True)
 
 
 def _draw_dense(ax: Any, analysis: Analysis, mx: str, my: str) -> None:

@@ -25,6 +25,7 @@ from prune_core.models import build_model
 from prune_core.train import pick_device
 
 from .analysis import analyse, parse_objectives, partial_fixed_reference, trial_table
+from .catalog import step_metrics
 from .cli import (
     Study,
     SweepSpec,
@@ -53,7 +54,6 @@ from .tracking import (
     tagged_child_runs,
 )
 from .trial import (
-    CONTRACT_METRICS,
     REUSED_BY_TAG,
     TrialContext,
     prune_trial,
@@ -487,8 +487,8 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
                     scheduler = MOASHAScheduler(
                         objectives, spec.eta, partial_fixed_reference(objectives, dense)
                     )
-                    ranked = [o.metric for o in objectives if o.metric in CONTRACT_METRICS]
-                    later = [o.metric for o in objectives if o.metric not in CONTRACT_METRICS]
+                    ranked = [o.metric for o in objectives if o.metric in step_metrics()]
+                    later = [o.metric for o in objectives if o.metric not in step_metrics()]
                     say(
                         f"early stopping: MO-ASHA, eta {spec.eta}: at each rung (a prune "
                         "iteration; a fine-tune epoch for one-shot recipes) a trial goes on only "

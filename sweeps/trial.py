@@ -36,18 +36,20 @@ from prune_core.schedules import sparsity_schedule
 from prune_core.structured import save_pruned_model
 from prune_core.train import TrainingDiverged
 
+from .catalog import extra_metrics, final_metrics, measure_final, step_metrics
 from .tracking import log_metrics, log_params, tagged_child_runs
 
 # Per-step metrics of the MLflow contract, reported to Tune and logged with step = prune iteration.
-CONTRACT_METRICS = ("test_accuracy", "sparsity", "nonzero_params", "total_params")
+CONTRACT_METRICS = step_metrics()
 # Tag of a FINISHED child run whose result later trials reused (the same recipe proposed again):
 # their trial ids, comma-separated.
 REUSED_BY_TAG = "reused_by"
 
-# Measurements of the final model, logged once at the last step (MLflow metric names).
-MEASURED_METRICS = ("size_bytes", "sparse_size_bytes", "flops", "effective_flops", "latency_ms")
+# Measurements of the final model, logged once at the last step (MLflow metric names): the
+# catalog's built-in ones; the code asks ``final_metrics()``, which has a plugin's metrics too.
+MEASURED_METRICS = final_metrics()
 # Metrics logged once at the end besides the measurements.
-FINAL_EXTRA_METRICS = ("permanent_test_accuracy", "accuracy_change")
+FINAL_EXTRA_METRICS = extra_metrics()
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def error_line(err: BaseException) -> str:
 def _replay_finished(run: Any, last_step: int, last_rung: int) -> dict[str, Any]:
     """The final Tune result of a trial whose child run FINISHED before the driver went down."""
     metrics = dict(run.data.metrics)
-    keys = (*CONTRACT_METRICS, *MEASURED_METRICS, *FINAL_EXTRA_METRICS, "epochs_run")
+    keys = (*CONTRACT_METRICS, *final_metrics(), *FINAL_EXTRA_METRICS, "epochs_run")
     out = {k: float(metrics.get(k, math.nan)) for k in keys}
     return {**out, "step": last_step, "rung": last_rung, "last_rung": last_rung, "replayed": 1}
 
@@ -333,7 +335,7 @@ class TrialReporter:
 
         # sizes, FLOPs and latency are measured once, on the final model: NaN until then
         # (Tune insists that every report holds every objective)
-        pending = dict.fromkeys(MEASURED_METRICS, float("nan"))
+        pending = dict.fromkeys(final_metrics(), float("nan"))
         tune.report({**values, **pending, "epochs_run": epochs_run, "step": rung, "rung": rung,
                      "last_rung": self.plan.last_rung})  # fmt: skip
 
@@ -372,7 +374,8 @@ def run_recipe(client: Any, run_id: str, plan: TrialPlan, data: Any) -> None:
         log=plan.say,
         epoch_report=reporter.epoch,
     )
-    measured = {k: float(result.measurements[k]) for k in MEASURED_METRICS}
+    example = data.normalize(data.x_test[:64].to(plan.device))  # the batch run_pruning measured
+    measured = measure_final(result.measurements, result.model, example)
     extra = {**measured, "permanent_test_accuracy": result.permanent_test_accuracy}
     extra["accuracy_change"] = result.final["test_accuracy"] - result.dense_test_accuracy
     log_metrics(client, run_id, extra, step=plan.last_step)
@@ -413,6 +416,6 @@ def record_divergence(client: Any, run_id: str, plan: TrialPlan, err: TrainingDi
     client.set_tag(run_id, "error", error_line(err))
     client.set_terminated(run_id, "FAILED")
     plan.say(str(err))
-    nan = dict.fromkeys((*CONTRACT_METRICS, *MEASURED_METRICS), float("nan"))
+    nan = dict.fromkeys((*CONTRACT_METRICS, *final_metrics()), float("nan"))
     # epochs_run too: the searcher reads it (its cost objective) from every result
     tune.report({**nan, "epochs_run": math.nan, "diverged": 1, "step": err.step, "rung": 0})

@@ -119,7 +119,9 @@ def test_imported_names_count_every_form(tmp_path):
 
 def test_sweeps_import_graph_has_no_cycle():
     graph = import_graph()
-    assert {"analysis", "pareto", "report", "runner", "scheduler", "search"} <= set(graph)
+    assert {"analysis", "catalog", "pareto", "report", "runner", "scheduler", "search"} <= set(
+        graph
+    )
     cycle = find_cycle(graph)
     assert cycle is None, "import circle in sweeps/: " + " -> ".join(cycle or [])
 
@@ -127,9 +129,10 @@ def test_sweeps_import_graph_has_no_cycle():
 @pytest.mark.parametrize(
     "module, allowed",
     [
-        ("analysis", set()),  # pure: the one place that ranks
-        ("report", {"analysis"}),
-        ("scheduler", {"analysis"}),
+        ("catalog", set()),  # the metric catalog: the bottom layer
+        ("analysis", {"catalog"}),  # pure: the one place that ranks
+        ("report", {"analysis", "catalog"}),
+        ("scheduler", {"analysis", "catalog"}),
         ("search", set()),
     ],
 )
@@ -157,3 +160,12 @@ def test_analysis_is_pure():
     stdlib = set(sys.stdlib_module_names)
     assert {m for m in others if m not in stdlib} <= ANALYSIS_ALLOWED
     assert not others & {"mlflow", "ray", "matplotlib", "torch", "optuna"}
+
+
+def test_catalog_is_standard_library_only():
+    # sweeps.analysis (pure) and every trial read it: no torch, Ray, MLflow, Optuna, not even numpy
+    ours, others = imported_names(modules()["catalog"])
+    import sys
+
+    assert ours == set()
+    assert others <= set(sys.stdlib_module_names) | {"__future__"}
