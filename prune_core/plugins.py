@@ -79,9 +79,22 @@ def _import(spec: str) -> str:
     return spec
 
 
+def absolute(spec: str) -> str:
+    """``spec`` with a ``.py`` file's path made absolute (``:function`` kept), so that another
+    process loads the same file whatever its working folder (Ray Tune runs each trial in a
+    folder of its own); module names are returned as they are."""
+    target, sep, function = spec.rpartition(":")
+    if not (sep and target and function.isidentifier()):
+        target, sep, function = spec, "", ""
+    if target.endswith(".py"):
+        target = os.path.abspath(os.path.expanduser(target))
+    return target + sep + function
+
+
 def load_plugins(specs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """``load_plugin`` for each of ``specs``, in order; returns what each was given as (the
-    specs, kept as given so another process can load them the same way)."""
-    for spec in specs:
+    """``load_plugin`` for each of ``specs``, in order; returns them as another process loads
+    them the same way (``absolute``)."""
+    loaded = tuple(absolute(spec) for spec in specs)
+    for spec in loaded:
         load_plugin(spec)
-    return tuple(specs)
+    return loaded
