@@ -1,5 +1,8 @@
 """Command-line helpers shared by ``python -m prune_core`` and the sweep modules: a one-line
-argparse parser, and checks that a folder or file can be written, made before any work starts."""
+argparse parser, checks that a folder or file can be written, made before any work starts, and
+the one-line form of an error.
+
+Standard library only (no torch): the commands import it before they check their flags."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import NoReturn
 
+# Longest error line shown or stored (MLflow tags, log lines); the cause is in its first words.
+ERROR_LINE_MAX = 500
 # Seeds go to NumPy and Optuna's samplers, which take 0 <= seed < 2**32 (torch takes more).
 SEED_MAX = 2**32 - 1
 
@@ -21,6 +26,14 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         """Print ``PROG: error: MESSAGE`` on stderr and exit 2."""
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: first non-empty line of the message`` (just ``Type`` for an empty message), cut to
+    500 characters: e.g. ``OSError: [Errno 28] No space left on device``."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return text[:ERROR_LINE_MAX]
 
 
 def check_seed(flag: str, seed: int, error: type[Exception] = ValueError) -> None:
