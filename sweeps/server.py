@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib.util
 import math
 import os
 import signal
@@ -36,6 +35,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from prune_core.cliutils import OneLineArgumentParser, check_writable_dir, check_writable_file
 
 DEFAULT_BACKEND_STORE_URI = "sqlite:///mlruns/server/mlflow.db"
 DEFAULT_ARTIFACTS_DESTINATION = "mlruns/server/artifacts"
@@ -59,22 +60,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def load_cliutils() -> Any:
-    """``prune_core.cliutils`` (standard library only), loaded without ``prune_core/__init__``,
-    which imports torch: for commands that never need torch (this server, ``sweeps.pareto``)
-    that would be 2-3 s before the first error, and about 0.6 GB resident in a server process
-    that otherwise only waits on ``mlflow server`` (this module alone: about 25 MB)."""
-    if "prune_core.cliutils" in sys.modules:  # prune_core is loaded already (tests, notebooks)
-        return sys.modules["prune_core.cliutils"]
-    if "_prune_core_cliutils" not in sys.modules:
-        package = importlib.util.find_spec("prune_core")  # locates it, runs nothing
-        if package is None or package.origin is None:
-            raise ImportError("prune_core is not installed")
-        path = os.path.join(os.path.dirname(package.origin), "cliutils.py")
-        spec = importlib.util.spec_from_file_location("_prune_core_cliutils", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["_prune_core_cliutils"] = module
-    return sys.modules["_prune_core_cliutils"]
+    """Deprecated: ``prune_core.cliutils`` itself, which imports without torch now; import it
+    directly. Kept until ``sweeps.pareto`` stops calling it."""
+    import prune_core.cliutils
+
+    return prune_core.cliutils
 
 
 class ServerError(RuntimeError):
@@ -289,7 +279,6 @@ def check_settings(
     in range, the host resolves and is this machine's, the port free, the stores writable (local
     paths, tried and left as they were) or their database driver installed. Raises
     ``ServerError`` with one line naming the flag."""
-    cliutils = load_cliutils()
     if not 0 <= port <= 65535:
         raise ServerError(f"--port {port}: must be 0..65535 (0: any free port)")
     if workers < 1:
@@ -300,11 +289,11 @@ def check_settings(
     scheme = _store_scheme(backend_store_uri)
     if scheme == "sqlite":
         db = _sqlite_path(backend_store_uri)
-        cliutils.check_writable_file("--backend-store-uri", db, ServerError)
+        check_writable_file("--backend-store-uri", db, ServerError)
     else:
         check_db_driver("--backend-store-uri", backend_store_uri, ServerError)
     if "://" not in artifacts_destination:  # s3://, gs://, ...: the server's to check
-        cliutils.check_writable_dir("--artifacts-destination", artifacts_destination, ServerError)
+        check_writable_dir("--artifacts-destination", artifacts_destination, ServerError)
     _check_port_free(host if host not in ANY_INTERFACE else "0.0.0.0", port)
 
 
@@ -478,7 +467,7 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m sweeps.server``."""
-    p = load_cliutils().OneLineArgumentParser(
+    p = OneLineArgumentParser(
         prog="python -m sweeps.server",
         description="Run an MLflow tracking server for sweeps on a Ray cluster (one worker, "
         "artifacts served through the server); Ctrl-C stops it.",
