@@ -242,13 +242,6 @@ def find_sweep(client: Any, key: str) -> Any | None:
 # Reading a finished sweep back (python -m sweeps.pareto, notebooks)
 
 
-def _column(frame: Any, name: str) -> Any:
-    """``frame[name]``, or a column of None where MLflow left it out (no run has it)."""
-    import pandas as pd
-
-    return frame[name] if name in frame else pd.Series([None] * len(frame), index=frame.index)
-
-
 def _present(frame: Any, prefix: str) -> list[str]:
     """Names under ``prefix`` (``params.``, ``metrics.``) that some row of ``frame`` holds."""
     return sorted(
@@ -278,6 +271,10 @@ def load_runs(tracking_uri: str, experiment: str, sweeps: Any = None) -> Loaded:
     """
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    # the runs table's own helper (frame[name], or None where MLflow left the column out); here,
+    # not at the top, so importing tracking stays free of numpy and pandas
+    from .analysis import _column
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
