@@ -7,12 +7,14 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from . import pruning
+from .cliutils import first_line
 from .data import TensorData
 
 
@@ -114,72 +116,130 @@ def train_epochs(
     total_steps = (schedule_epochs or epochs) * steps_per_epoch
     start_step = schedule_offset * steps_per_epoch
 
-    def cosine(step: int) -> float:  # multiplier of lr at optimizer step ``step``
-        t = min(start_step + step, total_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * t / total_steps))
+    def cosine(step: int) -> float:  # multiplier of lr at optimizer step ``step`` of this call
+        return cosine_lr(1.0, start_step + step, total_steps)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     generator = torch.Generator().manual_seed(seed)
     forward = _compiled(model, cuda, log, label) if compile else model
-
-    def fall_back(err: Exception) -> nn.Module:
-        """Eager model after a failed compiled step; re-raises when already eager."""
-        if forward is model:
-            raise err
-        log(f"[{label}] compiled step failed ({_one_line(err)}); continuing eagerly")
-        return model
-
-    def step_loss(net: Callable[[torch.Tensor], torch.Tensor], x, y) -> torch.Tensor:
-        with torch.autocast(device_type=data.device.type, dtype=torch.bfloat16, enabled=cuda):
-            return F.cross_entropy(net(x), y)
-
+    loop = _TrainLoop(model, forward, opt, sched, data.device.type, label, log)
     model.train()
-    step = 0  # optimizer steps so far in this call
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        total_loss = torch.zeros((), device=data.device)  # summed on the device: no sync per step
-        seen = 0
-        pending: list[tuple[int, torch.Tensor]] = []  # CUDA: (step, loss) not checked yet
-        masking = pruning.masked_update(model) if masked_update else contextlib.nullcontext()
-        with masking as pruned:
-            for x, y in data.batches("train", batch_size, shuffle=True, generator=generator):
-                step += 1
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                try:
-                    loss = step_loss(forward, x, y)
-                except Exception as err:  # any failure of a compiled step
-                    forward = fall_back(err)
-                    loss = step_loss(forward, x, y)
-                if not cuda:
-                    value = loss.item()  # no sync to avoid on a CPU
-                    if not math.isfinite(value):
-                        raise TrainingDiverged(label, epoch, step, value)
-                else:
-                    pending.append((step, loss.detach()))
-                    if len(pending) >= CUDA_DIVERGENCE_CHECK_STEPS:
-                        _check_finite(pending, label, epoch)
-                opt.zero_grad(set_to_none=True)
-                try:
-                    loss.backward()
-                except Exception as err:  # e.g. a lazily compiled backward
-                    forward = fall_back(err)
-                    opt.zero_grad(set_to_none=True)
-                    loss = step_loss(forward, x, y)
-                    loss.backward()
-                opt.step()
-                if pruned is not None:
-                    pruned.zero_pruned()
-                sched.step()
-                total_loss += loss.detach().float() * y.shape[0]
-                seen += y.shape[0]
-            _check_finite(pending, label, epoch)
+        total_loss, seen = loop.run_epoch(data, epoch, batch_size, generator, masked_update)
         log(
             f"[{label}] epoch {epoch}/{epochs} loss {float(total_loss) / max(seen, 1):.4f} "
             f"lr {opt.param_groups[0]['lr']:.2e} ({time.perf_counter() - start:.1f} s)"
         )
         if on_epoch_end is not None:
             on_epoch_end(epoch)
+
+
+def cosine_lr(base_lr: float, epoch: float, total_epochs: int) -> float:
+    """The cosine-decayed learning rate ``base_lr * 0.5 * (1 + cos(pi * epoch / total_epochs))``:
+    ``base_lr`` at 0, half of it at ``total_epochs / 2``, 0 at ``total_epochs`` and after it.
+
+    Any unit serves if both agree: ``train_epochs`` passes optimizer steps (its multiplier at a
+    step is ``cosine_lr(1.0, step, total_steps)``), the rewinding recipes whole epochs.
+    """
+    progress = min(epoch, total_epochs)  # the schedule ends at 0; it never climbs back
+    return base_lr * (0.5 * (1.0 + math.cos(math.pi * progress / total_epochs)))
+
+
+class _TrainLoop:
+    """The optimizer steps of one ``train_epochs`` call: the forward in use (compiled until a
+    compiled step fails, then the eager model), the optimizer and its schedule, and how many
+    steps it has taken (1-based in ``TrainingDiverged``, counted across epochs)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+        device_type: str,
+        label: str,
+        log: Callable[[str], None],
+    ):
+        self.model, self.forward, self.opt, self.sched = model, forward, opt, sched
+        self.device_type, self.cuda = device_type, device_type == "cuda"
+        self.label, self.log = label, log
+        self.step = 0  # optimizer steps so far in this call
+
+    def fall_back(self, err: Exception) -> None:
+        """Switch to the eager model after a failed compiled step; re-raise when already eager."""
+        if self.forward is self.model:
+            raise err
+        self.log(f"[{self.label}] compiled step failed ({first_line(err)}); continuing eagerly")
+        self.forward = self.model
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the current forward (bfloat16 autocast on CUDA)."""
+        with torch.autocast(device_type=self.device_type, dtype=torch.bfloat16, enabled=self.cuda):
+            return F.cross_entropy(self.forward(x), y)
+
+    def run_epoch(
+        self,
+        data: TensorData,
+        epoch: int,
+        batch_size: int,
+        generator: torch.Generator,
+        masked_update: bool,
+    ) -> tuple[torch.Tensor, int]:
+        """One shuffled pass over the training split; returns (the summed loss, on the device so
+        no step syncs, and the number of samples seen)."""
+        total_loss = torch.zeros((), device=data.device)
+        seen = 0
+        pending: list[tuple[int, torch.Tensor]] = []  # CUDA: (step, loss) not checked yet
+        masking = pruning.masked_update(self.model) if masked_update else contextlib.nullcontext()
+        with masking as pruned:
+            for x, y in data.batches("train", batch_size, shuffle=True, generator=generator):
+                loss = self.train_step(x, y, epoch, pending, pruned)
+                total_loss += loss.detach().float() * y.shape[0]
+                seen += y.shape[0]
+            _check_finite(pending, self.label, epoch)
+        return total_loss, seen
+
+    def train_step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epoch: int,
+        pending: list[tuple[int, torch.Tensor]],
+        pruned: Any,
+    ) -> torch.Tensor:
+        """One optimizer step on the batch ``(x, y)``; returns its loss. A non-finite loss raises
+        ``TrainingDiverged`` before the update on a CPU; on CUDA it joins ``pending`` (checked
+        every ``CUDA_DIVERGENCE_CHECK_STEPS``). A failed compiled step is redone eagerly."""
+        self.step += 1
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            loss = self.loss(x, y)
+        except Exception as err:  # any failure of a compiled step
+            self.fall_back(err)
+            loss = self.loss(x, y)
+        if not self.cuda:
+            value = loss.item()  # no sync to avoid on a CPU
+            if not math.isfinite(value):
+                raise TrainingDiverged(self.label, epoch, self.step, value)
+        else:
+            pending.append((self.step, loss.detach()))
+            if len(pending) >= CUDA_DIVERGENCE_CHECK_STEPS:
+                _check_finite(pending, self.label, epoch)
+        self.opt.zero_grad(set_to_none=True)
+        try:
+            loss.backward()
+        except Exception as err:  # e.g. a lazily compiled backward
+            self.fall_back(err)
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.loss(x, y)
+            loss.backward()
+        self.opt.step()
+        if pruned is not None:  # the masked update: zero the pruned entries of *_orig again
+            pruned.zero_pruned()
+        self.sched.step()
+        return loss
 
 
 def _check_finite(pending: list[tuple[int, torch.Tensor]], label: str, epoch: int) -> None:
@@ -208,14 +268,8 @@ def _compiled(
     try:
         return _compile_model(model, cuda)
     except Exception as err:  # any failure means: train eagerly
-        log(f"[{label}] compile failed ({_one_line(err)}); training eagerly")
+        log(f"[{label}] compile failed ({first_line(err)}); training eagerly")
         return model
-
-
-def _one_line(err: BaseException) -> str:
-    """``Type: first line of the message``, for a one-line log."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 @torch.no_grad()
