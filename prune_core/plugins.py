@@ -20,14 +20,11 @@ import importlib.util
 import os
 import sys
 
+from .cliutils import first_line
+
 
 class PluginError(ValueError):
     """A plugin that cannot be loaded; the message is one line naming it and why."""
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def load_plugin(spec: str) -> str:
@@ -47,7 +44,7 @@ def load_plugin(spec: str) -> str:
     try:
         register()
     except Exception as err:
-        raise PluginError(f"plugin {spec!r} failed ({_first_line(err)})") from None
+        raise PluginError(f"plugin {spec!r} failed ({first_line(err)})") from None
     return module.__name__
 
 
@@ -70,12 +67,12 @@ def _import(spec: str) -> str:
             module_spec.loader.exec_module(module)
         except Exception as err:
             del sys.modules[name]
-            raise PluginError(f"plugin {spec!r} failed to import ({_first_line(err)})") from None
+            raise PluginError(f"plugin {spec!r} failed to import ({first_line(err)})") from None
         return name
     try:
         importlib.import_module(spec)
     except Exception as err:
-        raise PluginError(f"plugin {spec!r} failed to import ({_first_line(err)})") from None
+        raise PluginError(f"plugin {spec!r} failed to import ({first_line(err)})") from None
     return spec
 
 

@@ -792,7 +792,7 @@ def _stopped_rows(stopped: pd.DataFrame | None) -> pd.DataFrame:
 # The runs table, from frames shaped like mlflow.search_runs' (no MLflow import here)
 
 
-def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+def column(frame: pd.DataFrame, name: str) -> pd.Series:
     """``frame[name]``, or a column of None where MLflow left it out (no run has it)."""
     return frame[name] if name in frame else pd.Series([None] * len(frame), index=frame.index)
 
@@ -840,7 +840,7 @@ def trial_frame(finished: pd.DataFrame, parents: pd.DataFrame) -> pd.DataFrame:
         dense: dict[str, float] = {}
         if len(parent):
             p = parent.iloc[0]
-            models = pd.unique(_column(rows, "params.model").dropna())
+            models = pd.unique(column(rows, "params.model").dropna())
             for model in models:
                 for key in (f"metrics.dense_test_accuracy.{model}", "metrics.dense_test_accuracy"):
                     if key in p and pd.notna(p[key]):

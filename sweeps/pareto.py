@@ -64,6 +64,8 @@ from typing import Any, NoReturn
 
 import pandas as pd
 
+from prune_core.cliutils import check_writable_dir
+
 from .analysis import (  # noqa: F401  (re-exported: the documented API of sweeps.pareto)
     DEFAULT_OBJECTIVES,
     DENSE_FIXED,
@@ -210,10 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         out_dir = args.out or os.path.join("mlruns", "reports", _folder_name(args.experiment))
-        # tried (and left as it was) before anything is read; loaded without torch
-        from .server import load_cliutils
-
-        load_cliutils().check_writable_dir("--out", out_dir, UsageError)
+        # tried (and left as it was) before anything is read
+        check_writable_dir("--out", out_dir, UsageError)
         try:
             objectives = split_objectives(args.objectives)
         except ValueError as err:

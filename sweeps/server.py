@@ -59,14 +59,6 @@ ANY_INTERFACE = ("0.0.0.0", "::", "")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def load_cliutils() -> Any:
-    """Deprecated: ``prune_core.cliutils`` itself, which imports without torch now; import it
-    directly. Kept until ``sweeps.pareto`` stops calling it."""
-    import prune_core.cliutils
-
-    return prune_core.cliutils
-
-
 class ServerError(RuntimeError):
     """The tracking server cannot be started; the message is one line for the user."""
 

@@ -274,7 +274,7 @@ def load_runs(tracking_uri: str, experiment: str, sweeps: Any = None) -> Loaded:
 
     # the runs table's own helper (frame[name], or None where MLflow left the column out); here,
     # not at the top, so importing tracking stays free of numpy and pandas
-    from .analysis import _column
+    from .analysis import column
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -286,7 +286,7 @@ def load_runs(tracking_uri: str, experiment: str, sweeps: Any = None) -> Loaded:
         )
     mlflow.set_tracking_uri(tracking_uri)
     everything = mlflow.search_runs(experiment_ids=[exp.experiment_id], max_results=100_000)
-    parent_of = _column(everything, "tags.mlflow.parentRunId")
+    parent_of = column(everything, "tags.mlflow.parentRunId")
     parents = everything[parent_of.isna()]
     children = everything[parent_of.notna()]
     if sweeps:
@@ -295,7 +295,7 @@ def load_runs(tracking_uri: str, experiment: str, sweeps: Any = None) -> Loaded:
                 known = [
                     f"{r} ({n})"
                     for r, n in zip(
-                        parents["run_id"], _column(parents, "tags.mlflow.runName"), strict=True
+                        parents["run_id"], column(parents, "tags.mlflow.runName"), strict=True
                     )
                 ]
                 raise TrackingError(
@@ -304,7 +304,7 @@ def load_runs(tracking_uri: str, experiment: str, sweeps: Any = None) -> Loaded:
                 )
         children = children[children["tags.mlflow.parentRunId"].isin(list(sweeps))]
     finished = children[children["status"] == "FINISHED"]
-    stopped_tag = _column(children, "tags.early_stopped")
+    stopped_tag = column(children, "tags.early_stopped")
     stopped = children[(children["status"] != "FINISHED") & stopped_tag.notna()]
     if sweeps is None:
         parents = parents[parents["run_id"].isin(set(finished["tags.mlflow.parentRunId"]))]

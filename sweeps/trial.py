@@ -34,7 +34,7 @@ from prune_core.methods import get_method
 from prune_core.plugins import load_plugins
 from prune_core.schedules import sparsity_schedule
 from prune_core.structured import save_pruned_model
-from prune_core.train import TrainingDiverged
+from prune_core.train import TrainingDiverged, cosine_lr
 
 from .catalog import extra_metrics, final_metrics, measure_final, step_metrics
 from .tracking import log_metrics, log_params, tagged_child_runs
@@ -75,15 +75,13 @@ def retraining(cfg: ExperimentConfig) -> tuple[int, float]:
 
     Fine-tuning runs ``finetune_epochs`` at ``lr``. Rewinding (weights or learning rate) replays
     the dense cosine schedule from ``rewind_epoch`` to its end: ``train.epochs - rewind_epoch``
-    epochs starting at the dense schedule's rate at that epoch (``prune_core.train.train_epochs``'
-    cosine, 0.5 * (1 + cos(pi * rewind_epoch / train.epochs)) times ``train.lr``).
+    epochs starting at the dense schedule's rate at that epoch (``prune_core.train.cosine_lr``).
     """
     p, t = cfg.prune, cfg.train
     epochs = p.epochs_per_step(t.epochs)
     if p.retrain == "finetune":
         return epochs, p.lr
-    start = 0.5 * (1.0 + math.cos(math.pi * p.rewind_epoch / t.epochs))
-    return epochs, t.lr * start
+    return epochs, cosine_lr(t.lr, p.rewind_epoch, t.epochs)
 
 
 def recipe_run_name(model: str, recipe: dict[str, Any], dense_epochs: int | None = None) -> str:
