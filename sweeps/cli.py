@@ -117,6 +117,15 @@ def default_gpus_per_trial(models: tuple[str, ...], cluster_gpus: float) -> floa
 def build_parser(study: Study) -> argparse.ArgumentParser:
     """The flags every sweep shares."""
     p = OneLineArgumentParser(prog=f"python -m sweeps.{study.name}", description=study.description)
+    # in three parts, in the order --help lists them
+    _add_data_flags(p, study)
+    _add_cluster_flags(p)
+    _add_search_flags(p, study)
+    return p
+
+
+def _add_data_flags(p: argparse.ArgumentParser, study: Study) -> None:
+    """--quick, --grid, the model, the dataset and the number of trials."""
     p.add_argument("--quick", action="store_true", help="digits, small budgets: minutes on a CPU")
     p.add_argument("--grid", action="store_true", help="run the study's exact protocol (no search)")
     p.add_argument(
@@ -126,6 +135,10 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data", help="folder for torchvision datasets")
     p.add_argument("--no-download", action="store_true", help="never download datasets")
     p.add_argument("--num-samples", type=int, help="number of trials (recipes)")
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    """Resources per trial, the Ray cluster, MLflow and Ray Tune's storage."""
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument(
         "--gpus-per-trial",
@@ -142,6 +155,11 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI")
     p.add_argument("--experiment", help="MLflow experiment name (default: the study's name)")
     p.add_argument("--storage-path", default="mlruns/ray_results", help="Ray Tune results folder")
+
+
+def _add_search_flags(p: argparse.ArgumentParser, study: Study) -> None:
+    """Seed, baseline, space, objectives, output folders, failures, early stopping, sampler,
+    plugins and --resume."""
     p.add_argument("--seed", type=int, default=0, help="seed of the baseline, trials and sampler")
     p.add_argument("--baseline-epochs", type=int, help="epochs of dense training")
     p.add_argument(
@@ -188,7 +206,6 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
         help="continue an interrupted sweep (its name, printed at its start, or its parent run "
         "id) with the settings it was started with; finished trials are not run again",
     )  # fmt: skip
-    return p
 
 
 def _without_resume(argv: list[str]) -> list[str]:
@@ -202,6 +219,20 @@ def _without_resume(argv: list[str]) -> list[str]:
         elif not arg.startswith("--resume="):
             out.append(arg)
     return out
+
+
+def parse_address(address: str | None) -> tuple[str, int] | None:
+    """``(host, port)`` of ``--address HOST:PORT``; None for no address, ``auto`` or a Ray client
+    URI (``ray://...``). Raises ``UsageError`` for anything else."""
+    if not address or address == "auto" or "://" in address:
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(
+            f"--address {address!r}: write auto or HOST:PORT with a port 1..65535 "
+            "(e.g. 10.0.0.5:6379)"
+        )
+    return host, int(port)
 
 
 def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
@@ -219,63 +250,12 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         raise UsageError(f"--max-failures {args.max_failures}: must be an integer >= 0")
     if args.eta < 2:
         raise UsageError(f"--eta {args.eta}: must be an integer >= 2 (keep the top 1/eta per rung)")
-    dataset = args.dataset or ("digits" if args.quick else study.dataset)
-    if dataset not in DATASETS:
-        raise UsageError(
-            f"--dataset {dataset!r} is unknown; choose from: {', '.join(DATASETS.names())}"
-        )
-    models = tuple(args.model.split(",")) if args.model else study.models
-    for model in models:
-        if model not in MODELS:
-            raise UsageError(
-                f"--model {model!r} is unknown; choose from: {', '.join(MODELS.names())}"
-            )
-    if args.space not in SPACES:
-        raise UsageError(
-            f"--space {args.space!r} is unknown; choose from: {', '.join(SPACES.names())}"
-        )
-    num_samples = args.num_samples
-    if num_samples is None:
-        num_samples = study.quick_num_samples if args.quick else study.num_samples
-    if num_samples < 1:
-        raise UsageError(f"--num-samples {num_samples}: must be an integer >= 1")
-    if not args.cpus_per_trial > 0:
-        raise UsageError(
-            f"--cpus-per-trial {args.cpus_per_trial:g}: must be > 0 (fractions allowed)"
-        )
-    if args.gpus_per_trial is not None and not args.gpus_per_trial >= 0:
-        raise UsageError(
-            f"--gpus-per-trial {args.gpus_per_trial:g}: must be >= 0 (fractions allowed, e.g. 0.25)"
-        )
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UsageError(f"--max-concurrent {args.max_concurrent}: must be an integer >= 1")
-    epochs = args.baseline_epochs
-    if epochs is None:
-        epochs = study.quick_baseline_epochs if args.quick else study.baseline_epochs
-    if epochs < 0:
-        raise UsageError(f"--baseline-epochs {epochs}: must be an integer >= 0")
-    try:
-        parse_objectives(args.objectives)
-    except ValueError as err:
-        raise UsageError(f"--objectives: {err}") from None
-    sampler = args.sampler or default_sampler(num_samples)
-    try:
-        check_sampler(sampler, len(parse_objectives(args.objectives)))
-    except ValueError as err:
-        raise UsageError(f"--sampler: {err}") from None
+    dataset, models = _resolve_names(study, args)
+    num_samples, epochs = _resolve_budgets(study, args)
+    sampler = _resolve_sampler(args, num_samples)
     check_seed("--seed", args.seed, UsageError)
-    if args.address and args.address != "auto" and "://" not in args.address:
-        host, _, port = args.address.rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise UsageError(
-                f"--address {args.address!r}: write auto or HOST:PORT with a port 1..65535 "
-                "(e.g. 10.0.0.5:6379)"
-            )
-    experiment = args.experiment
-    if experiment is None:
-        experiment = f"{study.name}-quick" if args.quick else study.name
-    if not experiment.strip():
-        raise UsageError(f"--experiment {experiment!r}: must be a non-empty name")
+    parse_address(args.address)
+    experiment = _resolve_experiment(study, args)
     # every folder the sweep writes, tried now rather than after its runs exist (URIs such as
     # s3://bucket/path are Ray Tune's to check)
     if "://" not in args.storage_path:
@@ -319,6 +299,78 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         resume=args.resume,
         argv=tuple(a for a in raw_argv if a is not None),
     )
+
+
+def _resolve_names(study: Study, args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:
+    """The dataset and models (the study's unless given); ``UsageError`` for a dataset, model or
+    space no registry holds."""
+    dataset = args.dataset or ("digits" if args.quick else study.dataset)
+    if dataset not in DATASETS:
+        raise UsageError(
+            f"--dataset {dataset!r} is unknown; choose from: {', '.join(DATASETS.names())}"
+        )
+    models = tuple(args.model.split(",")) if args.model else study.models
+    for model in models:
+        if model not in MODELS:
+            raise UsageError(
+                f"--model {model!r} is unknown; choose from: {', '.join(MODELS.names())}"
+            )
+    if args.space not in SPACES:
+        raise UsageError(
+            f"--space {args.space!r} is unknown; choose from: {', '.join(SPACES.names())}"
+        )
+    return dataset, models
+
+
+def _resolve_budgets(study: Study, args: argparse.Namespace) -> tuple[int, int]:
+    """(trials, dense epochs), the study's (quick) values unless given, after checking them and
+    the resources per trial."""
+    num_samples = args.num_samples
+    if num_samples is None:
+        num_samples = study.quick_num_samples if args.quick else study.num_samples
+    if num_samples < 1:
+        raise UsageError(f"--num-samples {num_samples}: must be an integer >= 1")
+    if not args.cpus_per_trial > 0:
+        raise UsageError(
+            f"--cpus-per-trial {args.cpus_per_trial:g}: must be > 0 (fractions allowed)"
+        )
+    if args.gpus_per_trial is not None and not args.gpus_per_trial >= 0:
+        raise UsageError(
+            f"--gpus-per-trial {args.gpus_per_trial:g}: must be >= 0 (fractions allowed, e.g. 0.25)"
+        )
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent {args.max_concurrent}: must be an integer >= 1")
+    epochs = args.baseline_epochs
+    if epochs is None:
+        epochs = study.quick_baseline_epochs if args.quick else study.baseline_epochs
+    if epochs < 0:
+        raise UsageError(f"--baseline-epochs {epochs}: must be an integer >= 0")
+    return num_samples, epochs
+
+
+def _resolve_sampler(args: argparse.Namespace, num_samples: int) -> str:
+    """The sampler (the default for ``num_samples`` unless given), after checking the
+    objectives and that the sampler takes that many."""
+    try:
+        parse_objectives(args.objectives)
+    except ValueError as err:
+        raise UsageError(f"--objectives: {err}") from None
+    sampler = args.sampler or default_sampler(num_samples)
+    try:
+        check_sampler(sampler, len(parse_objectives(args.objectives)))
+    except ValueError as err:
+        raise UsageError(f"--sampler: {err}") from None
+    return sampler
+
+
+def _resolve_experiment(study: Study, args: argparse.Namespace) -> str:
+    """The MLflow experiment: the study's name (``-quick`` with --quick) unless given."""
+    experiment = args.experiment
+    if experiment is None:
+        experiment = f"{study.name}-quick" if args.quick else study.name
+    if not experiment.strip():
+        raise UsageError(f"--experiment {experiment!r}: must be a non-empty name")
+    return experiment
 
 
 def new_sweep_name(study: str) -> str:

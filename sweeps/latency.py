@@ -148,43 +148,12 @@ def remeasure_latency(
     if "status" in runs:
         runs = runs[runs["status"] == "FINISHED"]
     rows = [row for _, row in runs.iterrows()]
-    for row in rows:
-        batch = _param(row, "latency_batch_size")
-        if batch is not None and int(float(batch)) != example.shape[0]:
-            raise ValueError(
-                f"example batch of {example.shape[0]} images; run "
-                f"{row['tags.mlflow.runName']} timed latency_batch_size={batch}: pass the batch "
-                "the trials used"
-            )
+    _check_batch(rows, example)
     own_threads = torch.get_num_threads()
-    times: dict[str, list[float]] = {row["run_id"]: [] for row in rows}
-    devices: dict[str, str] = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = {}
-            for row in rows:
-                run_id = row["run_id"]
-                artifact = checkpoint_artifact(row["tags.mlflow.runName"])
-                paths[run_id] = client.download_artifacts(run_id, artifact, f"{tmp}/{run_id}")
-            for _ in range(rounds):
-                for row in rows:
-                    run_id = row["run_id"]
-                    threads = _param(row, "latency_threads")
-                    torch.set_num_threads(int(float(threads)) if threads else own_threads)
-                    device = _device_for(row)
-                    model = load_checkpoint(
-                        paths[run_id], str(row["params.model"]), in_channels, num_classes,
-                        image_size,
-                    ).to(device)  # fmt: skip
-                    if device.type == "cuda":
-                        model = model.to(memory_format=torch.channels_last)
-                    times[run_id] += forward_times_ms(
-                        model, example.to(device), warmup=warmup, repeats=repeats_per_round
-                    )
-                    devices[run_id] = device_label(device)
-                    del model
-    finally:
-        torch.set_num_threads(own_threads)
+    shapes = (in_channels, num_classes, image_size)
+    times, devices = _time_checkpoints(
+        client, rows, example, shapes, rounds, warmup, repeats_per_round
+    )
     out: dict[str, dict[str, float]] = {}
     for row in rows:
         run_id, run_name = row["run_id"], row["tags.mlflow.runName"]
@@ -204,6 +173,60 @@ def remeasure_latency(
             f"{_param(row, 'latency_threads') or own_threads} thread(s), batch {example.shape[0]}"
         )
     return out
+
+
+def _check_batch(rows: list[pd.Series], example: torch.Tensor) -> None:
+    """Raise ValueError if a run timed another batch size than ``example``'s."""
+    for row in rows:
+        batch = _param(row, "latency_batch_size")
+        if batch is not None and int(float(batch)) != example.shape[0]:
+            raise ValueError(
+                f"example batch of {example.shape[0]} images; run "
+                f"{row['tags.mlflow.runName']} timed latency_batch_size={batch}: pass the batch "
+                "the trials used"
+            )
+
+
+def _time_checkpoints(
+    client: Any,
+    rows: list[pd.Series],
+    example: torch.Tensor,
+    shapes: tuple[int, int, int],
+    rounds: int,
+    warmup: int,
+    repeats_per_round: int,
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Download every run's checkpoint, then time them in turn, ``rounds`` times (see
+    ``remeasure_latency``). Returns ({run id: ms per timed pass}, {run id: device label})."""
+    own_threads = torch.get_num_threads()
+    times: dict[str, list[float]] = {row["run_id"]: [] for row in rows}
+    devices: dict[str, str] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for row in rows:
+                run_id = row["run_id"]
+                artifact = checkpoint_artifact(row["tags.mlflow.runName"])
+                paths[run_id] = client.download_artifacts(run_id, artifact, f"{tmp}/{run_id}")
+            for _ in range(rounds):
+                for row in rows:
+                    run_id = row["run_id"]
+                    threads = _param(row, "latency_threads")
+                    torch.set_num_threads(int(float(threads)) if threads else own_threads)
+                    device = _device_for(row)
+                    model = load_checkpoint(
+                        paths[run_id], str(row["params.model"]), *shapes
+                    ).to(device)  # fmt: skip
+                    if device.type == "cuda":
+                        model = model.to(memory_format=torch.channels_last)
+                    times[run_id] += forward_times_ms(
+                        model, example.to(device), warmup=warmup, repeats=repeats_per_round
+                    )
+                    devices[run_id] = device_label(device)
+                    del model
+    finally:
+        torch.set_num_threads(own_threads)
+    return times, devices
 
 
 __all__ = ["checkpoint_artifact", "load_checkpoint", "remeasure_latency"]

@@ -3,6 +3,7 @@ runs, the Pareto front and the study's results tables."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -11,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,14 @@ from prune_core.metrics import count_parameters
 from prune_core.models import build_model
 from prune_core.train import pick_device
 
-from .analysis import analyse, parse_objectives, partial_fixed_reference, trial_table
+from .analysis import (
+    Objective,
+    analyse,
+    parse_objectives,
+    partial_fixed_reference,
+    trial_table,
+)
+from .callbacks import TrialEndCallback, error_file_line
 from .catalog import step_metrics
 from .cli import (
     Study,
@@ -33,6 +41,7 @@ from .cli import (
     build_parser,
     default_gpus_per_trial,
     new_sweep_name,
+    parse_address,
     resolve_spec,
 )
 from .latency import remeasure_latency
@@ -51,13 +60,11 @@ from .tracking import (
     prepare_sqlite_store,
     resolve_tracking_uri,
     sweep_child_runs,
-    tagged_child_runs,
 )
 from .trial import (
     REUSED_BY_TAG,
     TrialContext,
     prune_trial,
-    recipe_run_name,
 )
 
 # One search trial in this many starts from a recipe of the study's grid.
@@ -118,11 +125,12 @@ def base_config(spec: SweepSpec, model: str) -> ExperimentConfig:
     )  # fmt: skip
 
 
-def _check_resources(spec: SweepSpec, resources: dict[str, float]) -> None:
-    """Raise ``UsageError`` if one trial asks for more CPUs or GPUs than the whole cluster has
-    (Ray Tune would otherwise wait for them forever)."""
+def _check_resources(spec: SweepSpec, resources: dict[str, float]) -> SweepSpec:
+    """``spec`` with its GPU share per trial set (``default_gpus_per_trial`` for the cluster when
+    ``--gpus-per-trial`` was not given). Raises ``UsageError`` if one trial asks for more CPUs or
+    GPUs than the whole cluster has (Ray Tune would otherwise wait for them forever)."""
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
-    if spec.gpus_per_trial is None:
+    if spec.gpus_per_trial is None:  # pack trials onto the cluster's GPUs, if it has any
         spec = dataclasses.replace(spec, gpus_per_trial=default_gpus_per_trial(spec.models, gpus))
     if spec.gpus_per_trial > 0 and gpus < spec.gpus_per_trial:
         raise UsageError(
@@ -134,6 +142,7 @@ def _check_resources(spec: SweepSpec, resources: dict[str, float]) -> None:
             f"--cpus-per-trial {spec.cpus_per_trial:g}: the Ray cluster has {cpus:g} CPUs; "
             f"pass at most {cpus:g}"
         )
+    return spec
 
 
 def _check_address_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -141,13 +150,11 @@ def _check_address_reachable(address: str, timeout_s: float = 5.0) -> None:
     there, instead of letting Ray retry for minutes."""
     import socket
 
-    if address == "auto" or "://" in address:
+    host_port = parse_address(address)
+    if host_port is None:
         return
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"--address {address!r}: write auto or HOST:PORT (e.g. 10.0.0.5:6379)")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
+        with socket.create_connection(host_port, timeout=timeout_s):
             pass
     except OSError as err:
         raise UsageError(
@@ -156,10 +163,11 @@ def _check_address_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> bool:
+def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpec]:
     """Start or join Ray (unless this process is connected already), and fail at once if the
     sweep cannot work there: a trial's resources can never be met, or several nodes would share a
-    SQLite tracking file. Returns True if this call connected (and so must disconnect)."""
+    SQLite tracking file. Returns (True if this call connected, and so must disconnect; ``spec``
+    with its GPU share per trial set for this cluster)."""
     import ray
 
     # every trial, on any node, finds the tracking URI in its environment
@@ -194,7 +202,7 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> bool:
         )  # fmt: skip
         connected = True
     try:
-        _check_resources(spec, ray.cluster_resources())
+        spec = _check_resources(spec, ray.cluster_resources())
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         if len(nodes) > 1 and tracking.is_local_file:
             raise UsageError(
@@ -206,7 +214,7 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> bool:
         if connected:
             ray.shutdown()
         raise
-    return connected
+    return connected, spec
 
 
 def space_with_models(trial: Any, space: Callable, models: tuple[str, ...]) -> dict[str, Any]:
@@ -282,14 +290,9 @@ def _tune_path(storage_path: str, sweep_name: str) -> str:
     return f"{storage_path.rstrip('/')}/{sweep_name}"
 
 
-def _last_line(path: str | None) -> str:
-    """The last non-empty line of a Ray Tune error file (the error itself), or ''."""
-    try:
-        with open(path or "") as fh:
-            lines = [line.strip() for line in fh if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1][:500] if lines else ""
+# Ray Tune experiment states saved before the callback moved to sweeps.callbacks hold it pickled
+# by value, with a reference to this name: keep it, so --resume still restores those sweeps.
+_last_line = error_file_line
 
 
 def reused_trials(children: Any) -> int:
@@ -300,53 +303,6 @@ def reused_trials(children: Any) -> int:
     if column not in children:
         return 0
     return sum(len([t for t in str(v).split(",") if t]) for v in children[column].dropna())
-
-
-def _trial_end_callback(ctx: TrialContext) -> Any:
-    """A Ray Tune callback, in the driver, that keeps MLflow true to how each trial ended: a trial
-    that failed for good (retries spent, or its worker process died) is FAILED with tag ``error``
-    (a child run is made for it if it died before making one); a trial Tune stopped early is KILLED
-    with tag ``early_stopped=rung N`` and keeps its partial history. It holds no client, only
-    ``ctx``: Ray Tune pickles it with the experiment state, and ``--resume`` restores it."""
-    from ray import tune
-
-    class TrialEnd(tune.Callback):
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=ctx.tracking_uri)
-            line = _last_line(trial.error_file) or "the trial's worker failed"
-            runs = tagged_child_runs(
-                client, ctx.experiment_id, ctx.parent_run_id, "trial_id", trial.trial_id
-            )
-            if not runs:
-                recipe = dict(trial.config.get("recipe", trial.config))
-                name = recipe_run_name(recipe.get("model", ctx.model), recipe, ctx.train.epochs)
-                tags = {"mlflow.parentRunId": ctx.parent_run_id, "sweep": ctx.sweep_name,
-                        "trial_id": trial.trial_id}  # fmt: skip
-                runs = [client.create_run(ctx.experiment_id, run_name=name, tags=tags)]
-            for run in runs:
-                if run.info.status in ("RUNNING", "KILLED", "SCHEDULED") or (
-                    run.info.status == "FAILED" and "error" not in run.data.tags
-                ):
-                    client.set_tag(run.info.run_id, "failure", "error")
-                    client.set_tag(run.info.run_id, "error", line)
-                    client.set_terminated(run.info.run_id, "FAILED")
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=ctx.tracking_uri)
-            runs = tagged_child_runs(
-                client, ctx.experiment_id, ctx.parent_run_id, "trial_id", trial.trial_id
-            )
-            rung = (trial.last_result or {}).get("rung")
-            for run in runs:
-                if run.info.status == "RUNNING":  # Tune stopped it before its end
-                    client.set_tag(run.info.run_id, "early_stopped", f"rung {rung}")
-                    client.set_terminated(run.info.run_id, "KILLED")
-
-    return TrialEnd()
 
 
 def _check_baseline(model: str, accuracy: float, num_classes: int, epochs: int) -> None:
@@ -360,6 +316,29 @@ def _check_baseline(model: str, accuracy: float, num_classes: int, epochs: int) 
         )
 
 
+@dataclass
+class _Sweep:
+    """What the phases of one sweep share; each phase fills in what the later ones read."""
+
+    spec: SweepSpec
+    study: Study | None
+    objectives: list[Objective]
+    target: TrackingTarget
+    data: Any  # the dataset as tensors (prune_core.data), sent to every trial
+    started: float  # time.perf_counter() when the sweep started
+    client: Any = None  # an MlflowClient of target.uri, once the store is ready
+    experiment_id: str = ""
+    parent_id: str = ""
+    sweep_name: str = ""
+    resumed: Any = None  # the parent run that --resume continues, else None
+    settings: dict[str, Any] = field(default_factory=dict)  # the parent run's params
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, for trials
+    accuracies: dict[str, float] = field(default_factory=dict)  # dense test accuracy per model
+    reused: list[bool] = field(default_factory=list)  # per model: its baseline came from cache
+    dense_totals: list[float] = field(default_factory=list)  # parameters of each dense model
+    scheduler: MOASHAScheduler | None = None  # early stopping, if the sweep uses it
+
+
 def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
     """Run the sweep ``spec`` end to end (or, with ``spec.resume``, continue an interrupted one)
     and return its outcome.
@@ -368,311 +347,430 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
     the dataset, the objectives, the Ray cluster and its resources. SIGINT/SIGTERM raise
     ``SweepInterrupted`` after the parent run and every unfinished child run are marked KILLED.
     """
-    import ray
-    from mlflow.tracking import MlflowClient
-    from ray import tune
+    sweep = _prepare(spec, study)
+    with _Interrupts() as interrupts, _ray_session(sweep, interrupts):
+        _open_parent_run(sweep)
+        status = "FAILED"
+        try:
+            _log_settings(sweep)
+            _train_baselines(sweep)
+            tuner = _make_tuner(sweep)
+            _fit(tuner, interrupts)
+            outcome = _finish(sweep)
+            status = "FINISHED"
+            return outcome
+        except KeyboardInterrupt as err:
+            status = "KILLED"
+            interrupts.in_tune = False
+            raise _interrupted(sweep, err, interrupts) from None
+        except BaselineNotLearned:
+            sweep.client.set_tag(sweep.parent_id, "failure", "baseline_not_learned")
+            raise
+        finally:
+            sweep.client.set_terminated(sweep.parent_id, status)
 
-    from search_spaces import get_grid, get_space
 
-    from .searcher import RungAwareOptunaSearch
+# --- set-up: checks, Ray, interrupts, the parent run ---------------------------------------
 
+
+def _prepare(spec: SweepSpec, study: Study | None) -> _Sweep:
+    """The checks that need no Ray (objectives, tracking URI, dataset) and Ray Tune's settings."""
     started = time.perf_counter()
     objectives = parse_objectives(spec.objectives)
     target = resolve_tracking_uri(spec.tracking_uri)
     data = load_dataset(spec.dataset, root=spec.data_root, download=spec.download, seed=spec.seed)
     say(f"dataset {spec.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images")
-
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # the driver's own handler turns SIGINT into Tune's graceful stop (see _Interrupts)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Tune's experiment state (what --resume restores) at most this many seconds old
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_CHECKPOINT_S))
-    with _Interrupts() as interrupts:
-        connected = _init_ray(spec, target)
-        interrupts.install()
-        try:
-            if spec.gpus_per_trial is None:  # pack trials onto the cluster's GPUs, if it has any
-                gpus = default_gpus_per_trial(spec.models, ray.cluster_resources().get("GPU", 0))
-                spec = dataclasses.replace(spec, gpus_per_trial=gpus)
-            prepare_sqlite_store(target)  # after every check that needs no store
-            client = MlflowClient(tracking_uri=target.uri)
-            resumed = find_sweep(client, spec.resume) if spec.resume else None
-            if spec.resume and resumed is None:
-                raise UsageError(f"--resume {spec.resume!r}: no sweep of that name or run id in "
-                                 f"{spec.tracking_uri}")  # fmt: skip
-            experiment_id = get_or_create_experiment(
-                client, spec.experiment, target.artifact_location
-            )
-            if resumed is not None:
-                parent_id, sweep_name = resumed.info.run_id, resumed.data.tags["sweep"]
-                client.update_run(parent_id, status="RUNNING")
-                stale = end_unfinished_children(
-                    client, experiment_id, parent_id, "KILLED",
-                    {"killed_by": "resume: the sweep's driver had stopped"},
-                )  # fmt: skip
-                times = int(resumed.data.tags.get("resumed", 0)) + 1
-                client.set_tag(parent_id, "resumed", str(times))
-                say(f"resuming sweep {sweep_name} (parent run {parent_id}); {stale} child run(s) "
-                    "left RUNNING by the stopped driver marked KILLED")  # fmt: skip
-            else:
-                sweep_name = new_sweep_name(spec.study)
-                parent = client.create_run(
-                    experiment_id, run_name=sweep_name,
-                    tags={"sweep": sweep_name, "study": spec.study, "argv": json.dumps(spec.argv)},
-                )  # fmt: skip
-                parent_id = parent.info.run_id
-            say(f"sweep {sweep_name}; if it stops, continue it with: "
-                f"{resume_command(spec, sweep_name)}")  # fmt: skip
-            status = "FAILED"
-            try:
-                settings = dataclasses.asdict(spec)
-                settings["models"] = ",".join(settings["models"])
-                del settings["argv"], settings["resume"]
-                settings["plugins"] = ",".join(settings["plugins"])
-                if not settings["plugins"]:  # a param only where plugins were loaded
-                    del settings["plugins"]
-                if resumed is None:
-                    log_params(client, parent_id, settings)
-                device = pick_device(None)
-                device_data = data.to(device)
-                baselines, accuracies, reused = {}, {}, []
-                dense_totals: list[float] = []  # parameter counts of the dense models
-                baseline_seconds = 0.0
-                for model in spec.models:
-                    cfg = base_config(spec, model)
-                    say(f"dense {model} {cfg.baseline_hash()}: {spec.baseline_epochs} epochs")
-                    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=say)
-                    baseline_seconds += b.train_seconds
-                    source = "cache" if b.reused else "trained"
-                    say(f"dense {model} {source}: test accuracy {b.test_accuracy:.4f} ({b.path})")
-                    _check_baseline(model, b.test_accuracy, data.num_classes, spec.baseline_epochs)
-                    baselines[model] = {
-                        "state": b.state,
-                        "test_accuracy": b.test_accuracy,
-                        "rewind_states": b.rewind_states,
-                    }
-                    accuracies[model] = b.test_accuracy
-                    dense_model = build_model(
-                        model, data.in_channels, data.num_classes, data.image_size
-                    )
-                    dense_totals.append(float(count_parameters(dense_model)[0]))
-                    reused.append(b.reused)
-                    client.set_tag(parent_id, f"baseline_source.{model}", source)
-                    client.log_metric(parent_id, f"dense_test_accuracy.{model}", b.test_accuracy)
-                client.set_tag(parent_id, "baseline_source", "cache" if all(reused) else "trained")
-                client.log_metric(parent_id, "dense_test_accuracy", accuracies[spec.models[0]])
-                client.log_metric(parent_id, "baseline_seconds", baseline_seconds)
-                del device_data
+    return _Sweep(spec, study, objectives, target, data, started)
 
-                base = base_config(spec, spec.models[0])  # data and training are the same per model
-                context = TrialContext(
-                    data=base.data, train=base.train, model=spec.models[0], seed=spec.seed,
-                    cpus_per_trial=spec.cpus_per_trial, gpus_per_trial=spec.gpus_per_trial,
-                    tracking_uri=target.uri, experiment_id=experiment_id,
-                    parent_run_id=parent_id, sweep_name=sweep_name, plugins=spec.plugins,
-                )  # fmt: skip
-                trainable = tune.with_resources(
-                    tune.with_parameters(
-                        prune_trial, context=context, baselines=baselines, data=data
-                    ),
-                    {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
-                )
-                callbacks = [_trial_end_callback(context)]
-                scheduler = None
-                if spec.early_stop == "mo-asha":
-                    # the dense values the fixed reference needs, as analyse's: the largest model
-                    total = max(dense_totals)
-                    dense = {"nonzero_params": total, "total_params": total,
-                             "test_accuracy": max(accuracies.values())}  # fmt: skip
-                    scheduler = MOASHAScheduler(
-                        objectives, spec.eta, partial_fixed_reference(objectives, dense)
-                    )
-                    ranked = [o.metric for o in objectives if o.metric in step_metrics()]
-                    later = [o.metric for o in objectives if o.metric not in step_metrics()]
-                    say(
-                        f"early stopping: MO-ASHA, eta {spec.eta}: at each rung (a prune "
-                        "iteration; a fine-tune epoch for one-shot recipes) a trial goes on only "
-                        f"in the top 1/{spec.eta} by non-dominated sorting on "
-                        f"{', '.join(ranked) or 'no objective'}"
-                        + (f" ({', '.join(later)}: measured only at the end, not ranked)"
-                           if later else "")
-                    )  # fmt: skip
-                if spec.grid:
-                    recipes = [
-                        {**r, "model": m}
-                        for m in spec.models
-                        for r in get_grid(spec.study, spec.quick)
-                    ]
-                    tune_config = tune.TuneConfig(
-                        num_samples=1, max_concurrent_trials=spec.max_concurrent,
-                        reuse_actors=True, scheduler=scheduler,
-                    )  # fmt: skip
-                    param_space = {"recipe": tune.grid_search(recipes)}
-                    say(f"grid: {len(recipes)} recipes of the study's protocol")
-                else:
-                    space = get_space(spec.space, quick=spec.quick)
-                    if len(spec.models) > 1:
-                        space = functools.partial(
-                            space_with_models, space=space, models=spec.models
-                        )
-                    # the search starts from (a few of) the study's own protocol recipes
-                    points = grid_points(
-                        spec.study, spec.quick, spec.space, models=spec.models,
-                        limit=max(1, spec.num_samples // GRID_POINTS_SHARE),
-                    )  # fmt: skip
-                    sampler_factory = functools.partial(
-                        make_sampler, spec.sampler, num_samples=spec.num_samples,
-                        n_objectives=len(objectives), enqueued=len(points),
-                    )  # fmt: skip
-                    # a model sampler's proposals are picked by their cost (fine-tune epochs,
-                    # known from the recipe) as CArBO's cost cooling does; random search stays
-                    # the plain baseline, NSGA-II evolves a population of its own
-                    cost_aware = spec.sampler in COST_AWARE_SAMPLERS
-                    dense_epochs = spec.baseline_epochs
-                    recipe_cost = functools.partial(recipe_epochs, dense_epochs=dense_epochs)
-                    search = RungAwareOptunaSearch(
-                        space,
-                        metric=[o.metric for o in objectives],
-                        mode=[o.mode for o in objectives],
-                        cost=recipe_cost if cost_aware else None,
-                        sampler_factory=sampler_factory if cost_aware else None,
-                        budget=spec.num_samples,
-                        pick_seed=spec.seed,
-                        points_to_evaluate=points or None,
-                        sampler=sampler_factory(spec.seed),
-                    )
-                    tune_config = tune.TuneConfig(
-                        search_alg=search,
-                        num_samples=spec.num_samples,
-                        max_concurrent_trials=spec.max_concurrent,
-                        reuse_actors=True,
-                        scheduler=scheduler,
-                    )
-                    param_space = None
-                    first = (f", the first {len(points)} from the study's grid" if points
-                             else "")  # fmt: skip
-                    picks = (f"; each trial picked from {search.candidates} proposals by cost "
-                             "(fine-tune epochs, cost cooling)" if cost_aware else "")  # fmt: skip
-                    say(f"Optuna search over space {spec.space!r}: {spec.num_samples} trials, "
-                        f"sampler {spec.sampler}{first}{picks}")  # fmt: skip
-                say(
-                    f"{spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
-                    f"MLflow experiment {spec.experiment!r}, parent run {parent_id}"
-                )
-                tune_path = _tune_path(spec.storage_path, sweep_name)
-                if resumed is not None:
-                    if not tune.Tuner.can_restore(tune_path):
-                        raise UsageError(
-                            f"--resume {spec.resume}: no Ray Tune state in {tune_path}; on a "
-                            "cluster, --storage-path must be storage every node shares (NFS)"
-                        )
-                    # finished trials stay finished; trials that were running run again
-                    tuner = tune.Tuner.restore(
-                        tune_path, trainable, resume_unfinished=True, resume_errored=False,
-                        restart_errored=False, param_space=param_space,
-                    )  # fmt: skip
-                else:
-                    tuner = tune.Tuner(
-                        trainable,
-                        param_space=param_space,
-                        tune_config=tune_config,
-                        run_config=tune.RunConfig(
-                            name=sweep_name,
-                            storage_path=spec.storage_path,
-                            verbose=1,
-                            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                            # Tune copies its experiment state to storage_path at most this often
-                            # (default 300 s): that copy is what --resume restores
-                            sync_config=tune.SyncConfig(sync_period=TUNE_CHECKPOINT_S),
-                            callbacks=callbacks,
-                        ),  # fmt: skip
-                    )
-                interrupts.in_tune = True
-                tuner.fit()
-                interrupts.in_tune = False
-                if interrupts.signum is not None:
-                    raise SweepInterrupted(interrupts.signum)
 
-                children = child_runs(target.uri, experiment_id, parent_id, finished_only=False)
-                finished = children[children["status"] == "FINISHED"]
-                if len(finished):
-                    # latency timed here, one checkpoint at a time, with no trial competing
-                    example = data.normalize(data.x_test[:LATENCY_BATCH])
-                    remeasure_latency(client, finished, example, data.in_channels,
-                                      data.num_classes, data.image_size, log=say)  # fmt: skip
-                    children = child_runs(target.uri, experiment_id, parent_id, finished_only=False)
-                    finished = children[children["status"] == "FINISHED"]
-                runs = trial_table(finished, accuracies)
-                stopped_tag = children.get("tags.early_stopped")
-                stopped = trial_table(
-                    children[(children["status"] != "FINISHED") & stopped_tag.notna()]
-                    if stopped_tag is not None else children.iloc[0:0],
-                    accuracies,
-                )  # fmt: skip
-                failures = _failed_children(client, experiment_id, parent_id)
-                reusing = reused_trials(finished)
-                if reusing:
-                    say(f"{reusing} trial(s) proposed a recipe this sweep had already run and "
-                        f"reused its result, not run again (tag {REUSED_BY_TAG} on its run); "
-                        f"finished child runs: {len(finished)}")  # fmt: skip
-                client.log_metric(parent_id, "reused_trials", reusing)
-                if scheduler is not None:
-                    used = sorted({m for d in scheduler.decisions for m in d.objectives})
-                    client.set_tag(parent_id, "early_stop_objectives", ",".join(used))
-                    client.log_metric(parent_id, "early_stopped_trials", len(stopped))
-                out_dir = os.path.join(spec.results_dir, sweep_name)
-                os.makedirs(out_dir, exist_ok=True)
-                analysis, tables = None, {}
-                if len(runs):
-                    # the same analysis as `python -m sweeps.pareto`: pareto.csv, .png, report.md
-                    analysis = analyse(runs, objectives, dense=accuracies, stopped=stopped)
-                    title = f"{spec.experiment} / {sweep_name}"
-                    for path in write_outputs(analysis, out_dir, settings=settings, title=title):
-                        client.log_artifact(parent_id, path)
-                    client.log_metric(parent_id, "pareto_hypervolume", analysis.hypervolume)
-                    # the reference it was measured against, so two sweeps can be compared
-                    for metric, ref in zip(analysis.metrics, analysis.reference, strict=True):
-                        client.log_metric(parent_id, f"pareto_reference.{metric}", ref)
-                    client.set_tag(
-                        parent_id, "pareto_reference_kinds", ",".join(analysis.reference_kinds)
-                    )
-                    client.log_metric(parent_id, "pareto_size", int(analysis.table["pareto"].sum()))
-                    make_tables = study.tables if study and study.tables else _default_tables
-                    tables = make_tables(runs)
-                for name, frame in tables.items():
-                    path = os.path.join(out_dir, name)
-                    frame.to_csv(path, index=False)
-                    client.log_artifact(parent_id, path)
-                client.log_metric(parent_id, "finished_trials", len(runs))
-                client.log_metric(parent_id, "failed_trials", len(failures))
-                client.log_metric(parent_id, "sweep_seconds", time.perf_counter() - started)
-                status = "FINISHED"
-                return SweepOutcome(
-                    parent_id, experiment_id, target.uri, all(reused), accuracies,
-                    analysis.table if analysis else runs, len(failures), tables, sweep_name,
-                    out_dir, analysis, failures,
-                )  # fmt: skip
-            except KeyboardInterrupt as err:
-                status = "KILLED"
-                interrupts.in_tune = False
-                signum = getattr(err, "signum", interrupts.signum or signal.SIGINT)
-                killed = end_unfinished_children(
-                    client, experiment_id, parent_id, "KILLED",
-                    {"killed_by": signal.Signals(signum).name},
-                )  # fmt: skip
-                say(f"interrupted ({signal.Signals(signum).name}): parent run and {killed} "
-                    "unfinished child run(s) marked KILLED")  # fmt: skip
-                interrupted = SweepInterrupted(signum)
-                interrupted.resume = resume_command(spec, sweep_name)
-                raise interrupted from None
-            except BaselineNotLearned:
-                client.set_tag(parent_id, "failure", "baseline_not_learned")
-                raise
-            finally:
-                client.set_terminated(parent_id, status)
-        finally:
-            if connected:
-                ray.shutdown()
+@contextlib.contextmanager
+def _ray_session(sweep: _Sweep, interrupts: _Interrupts) -> Iterator[None]:
+    """Start or join Ray for the sweep (``_init_ray``: ``sweep.spec`` gets the cluster's GPU
+    share), and leave it at the end if this call joined."""
+    import ray
+
+    connected, sweep.spec = _init_ray(sweep.spec, sweep.target)
+    interrupts.install()
+    try:
+        yield
+    finally:
+        if connected:
+            ray.shutdown()
+
+
+def _open_parent_run(sweep: _Sweep) -> None:
+    """Make the sweep's parent run, or with --resume find it again, and say how to resume."""
+    from mlflow.tracking import MlflowClient
+
+    spec = sweep.spec
+    prepare_sqlite_store(sweep.target)  # after every check that needs no store
+    sweep.client = client = MlflowClient(tracking_uri=sweep.target.uri)
+    sweep.resumed = find_sweep(client, spec.resume) if spec.resume else None
+    if spec.resume and sweep.resumed is None:
+        raise UsageError(f"--resume {spec.resume!r}: no sweep of that name or run id in "
+                         f"{spec.tracking_uri}")  # fmt: skip
+    sweep.experiment_id = get_or_create_experiment(
+        client, spec.experiment, sweep.target.artifact_location
+    )
+    if sweep.resumed is not None:
+        _reopen_parent_run(sweep)
+    else:
+        sweep.sweep_name = new_sweep_name(spec.study)
+        parent = client.create_run(
+            sweep.experiment_id, run_name=sweep.sweep_name,
+            tags={"sweep": sweep.sweep_name, "study": spec.study, "argv": json.dumps(spec.argv)},
+        )  # fmt: skip
+        sweep.parent_id = parent.info.run_id
+    say(f"sweep {sweep.sweep_name}; if it stops, continue it with: "
+        f"{resume_command(spec, sweep.sweep_name)}")  # fmt: skip
+
+
+def _reopen_parent_run(sweep: _Sweep) -> None:
+    """--resume: the parent run RUNNING again, and what the stopped driver left RUNNING KILLED."""
+    client, resumed = sweep.client, sweep.resumed
+    sweep.parent_id, sweep.sweep_name = resumed.info.run_id, resumed.data.tags["sweep"]
+    client.update_run(sweep.parent_id, status="RUNNING")
+    stale = end_unfinished_children(
+        client, sweep.experiment_id, sweep.parent_id, "KILLED",
+        {"killed_by": "resume: the sweep's driver had stopped"},
+    )  # fmt: skip
+    times = int(resumed.data.tags.get("resumed", 0)) + 1
+    client.set_tag(sweep.parent_id, "resumed", str(times))
+    say(f"resuming sweep {sweep.sweep_name} (parent run {sweep.parent_id}); {stale} child run(s) "
+        "left RUNNING by the stopped driver marked KILLED")  # fmt: skip
+
+
+def _log_settings(sweep: _Sweep) -> None:
+    """The sweep's settings as the parent run's params (once: a resumed sweep has them)."""
+    settings = dataclasses.asdict(sweep.spec)
+    settings["models"] = ",".join(settings["models"])
+    del settings["argv"], settings["resume"]
+    settings["plugins"] = ",".join(settings["plugins"])
+    if not settings["plugins"]:  # a param only where plugins were loaded
+        del settings["plugins"]
+    sweep.settings = settings
+    if sweep.resumed is None:
+        log_params(sweep.client, sweep.parent_id, settings)
+
+
+def _interrupted(sweep: _Sweep, err: BaseException, interrupts: _Interrupts) -> SweepInterrupted:
+    """Mark every unfinished child run KILLED; the ``SweepInterrupted`` to raise, with the
+    command that resumes the sweep."""
+    signum = getattr(err, "signum", interrupts.signum or signal.SIGINT)
+    killed = end_unfinished_children(
+        sweep.client, sweep.experiment_id, sweep.parent_id, "KILLED",
+        {"killed_by": signal.Signals(signum).name},
+    )  # fmt: skip
+    say(f"interrupted ({signal.Signals(signum).name}): parent run and {killed} "
+        "unfinished child run(s) marked KILLED")  # fmt: skip
+    interrupted = SweepInterrupted(signum)
+    interrupted.resume = resume_command(sweep.spec, sweep.sweep_name)
+    return interrupted
+
+
+# --- baselines --------------------------------------------------------------------------------
+
+
+def _train_baselines(sweep: _Sweep) -> None:
+    """Train (or load from the cache) each model's dense baseline, refuse one that did not learn,
+    and record them on the parent run."""
+    spec, client, parent_id = sweep.spec, sweep.client, sweep.parent_id
+    device_data = sweep.data.to(pick_device(None))
+    baseline_seconds = 0.0
+    for model in spec.models:
+        baseline_seconds += _train_baseline(sweep, model, device_data)
+    client.set_tag(parent_id, "baseline_source", "cache" if all(sweep.reused) else "trained")
+    client.log_metric(parent_id, "dense_test_accuracy", sweep.accuracies[spec.models[0]])
+    client.log_metric(parent_id, "baseline_seconds", baseline_seconds)
+
+
+def _train_baseline(sweep: _Sweep, model: str, device_data: Any) -> float:
+    """``model``'s dense baseline into ``sweep`` (and its source and accuracy on the parent run);
+    returns the seconds it trained (0 from the cache)."""
+    spec, data = sweep.spec, sweep.data
+    cfg = base_config(spec, model)
+    say(f"dense {model} {cfg.baseline_hash()}: {spec.baseline_epochs} epochs")
+    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=say)
+    source = "cache" if b.reused else "trained"
+    say(f"dense {model} {source}: test accuracy {b.test_accuracy:.4f} ({b.path})")
+    _check_baseline(model, b.test_accuracy, data.num_classes, spec.baseline_epochs)
+    sweep.baselines[model] = {
+        "state": b.state,
+        "test_accuracy": b.test_accuracy,
+        "rewind_states": b.rewind_states,
+    }
+    sweep.accuracies[model] = b.test_accuracy
+    dense_model = build_model(model, data.in_channels, data.num_classes, data.image_size)
+    sweep.dense_totals.append(float(count_parameters(dense_model)[0]))
+    sweep.reused.append(b.reused)
+    sweep.client.set_tag(sweep.parent_id, f"baseline_source.{model}", source)
+    sweep.client.log_metric(sweep.parent_id, f"dense_test_accuracy.{model}", b.test_accuracy)
+    return b.train_seconds
+
+
+# --- the tuner: scheduler, searcher or grid, create or restore ---------------------------------
+
+
+def _make_tuner(sweep: _Sweep) -> Any:
+    """The Ray Tune ``Tuner`` of the sweep: a new one, or with --resume the stopped one's."""
+    from ray import tune
+
+    spec = sweep.spec
+    base = base_config(spec, spec.models[0])  # data and training are the same per model
+    context = TrialContext(
+        data=base.data, train=base.train, model=spec.models[0], seed=spec.seed,
+        cpus_per_trial=spec.cpus_per_trial, gpus_per_trial=spec.gpus_per_trial,
+        tracking_uri=sweep.target.uri, experiment_id=sweep.experiment_id,
+        parent_run_id=sweep.parent_id, sweep_name=sweep.sweep_name, plugins=spec.plugins,
+    )  # fmt: skip
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            prune_trial, context=context, baselines=sweep.baselines, data=sweep.data
+        ),
+        {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
+    )
+    sweep.scheduler = _scheduler(sweep)
+    tune_config, param_space = _grid(sweep) if spec.grid else _search(sweep)
+    say(
+        f"{spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
+        f"MLflow experiment {spec.experiment!r}, parent run {sweep.parent_id}"
+    )
+    if sweep.resumed is not None:
+        return _restored_tuner(sweep, trainable, param_space)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=sweep.sweep_name,
+            storage_path=spec.storage_path,
+            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            # Tune copies its experiment state to storage_path at most this often (default
+            # 300 s): that copy is what --resume restores
+            sync_config=tune.SyncConfig(sync_period=TUNE_CHECKPOINT_S),
+            callbacks=[TrialEndCallback(context)],
+        ),
+    )
+
+
+def _restored_tuner(sweep: _Sweep, trainable: Any, param_space: dict | None) -> Any:
+    """--resume: the stopped sweep's ``Tuner`` from its saved state (its searcher's included)."""
+    from ray import tune
+
+    spec = sweep.spec
+    tune_path = _tune_path(spec.storage_path, sweep.sweep_name)
+    if not tune.Tuner.can_restore(tune_path):
+        raise UsageError(
+            f"--resume {spec.resume}: no Ray Tune state in {tune_path}; on a "
+            "cluster, --storage-path must be storage every node shares (NFS)"
+        )
+    # finished trials stay finished; trials that were running run again
+    return tune.Tuner.restore(
+        tune_path, trainable, resume_unfinished=True, resume_errored=False,
+        restart_errored=False, param_space=param_space,
+    )  # fmt: skip
+
+
+def _scheduler(sweep: _Sweep) -> MOASHAScheduler | None:
+    """MO-ASHA with ``--early-stop mo-asha``, else None (every trial runs to its end)."""
+    spec, objectives = sweep.spec, sweep.objectives
+    if spec.early_stop != "mo-asha":
+        return None
+    # the dense values the fixed reference needs, as analyse's: the largest model
+    total = max(sweep.dense_totals)
+    dense = {"nonzero_params": total, "total_params": total,
+             "test_accuracy": max(sweep.accuracies.values())}  # fmt: skip
+    scheduler = MOASHAScheduler(objectives, spec.eta, partial_fixed_reference(objectives, dense))
+    every_rung = step_metrics()  # logged at each rung; the rest only on the final model
+    ranked = [o.metric for o in objectives if o.metric in every_rung]
+    later = [o.metric for o in objectives if o.metric not in every_rung]
+    say(
+        f"early stopping: MO-ASHA, eta {spec.eta}: at each rung (a prune "
+        "iteration; a fine-tune epoch for one-shot recipes) a trial goes on only "
+        f"in the top 1/{spec.eta} by non-dominated sorting on "
+        f"{', '.join(ranked) or 'no objective'}"
+        + (f" ({', '.join(later)}: measured only at the end, not ranked)"
+           if later else "")
+    )  # fmt: skip
+    return scheduler
+
+
+def _grid(sweep: _Sweep) -> tuple[Any, dict[str, Any]]:
+    """(Tune config, param space) of ``--grid``: the study's protocol recipes, each model."""
+    from ray import tune
+
+    from search_spaces import get_grid
+
+    spec = sweep.spec
+    recipes = [{**r, "model": m} for m in spec.models for r in get_grid(spec.study, spec.quick)]
+    tune_config = tune.TuneConfig(
+        num_samples=1, max_concurrent_trials=spec.max_concurrent,
+        reuse_actors=True, scheduler=sweep.scheduler,
+    )  # fmt: skip
+    say(f"grid: {len(recipes)} recipes of the study's protocol")
+    return tune_config, {"recipe": tune.grid_search(recipes)}
+
+
+def _search(sweep: _Sweep) -> tuple[Any, None]:
+    """(Tune config, no param space) of an Optuna search over the sweep's space."""
+    from ray import tune
+
+    from search_spaces import get_space
+
+    from .searcher import RungAwareOptunaSearch
+
+    spec, objectives = sweep.spec, sweep.objectives
+    space = get_space(spec.space, quick=spec.quick)
+    if len(spec.models) > 1:
+        space = functools.partial(space_with_models, space=space, models=spec.models)
+    # the search starts from (a few of) the study's own protocol recipes
+    points = grid_points(
+        spec.study, spec.quick, spec.space, models=spec.models,
+        limit=max(1, spec.num_samples // GRID_POINTS_SHARE),
+    )  # fmt: skip
+    sampler_factory = functools.partial(
+        make_sampler, spec.sampler, num_samples=spec.num_samples,
+        n_objectives=len(objectives), enqueued=len(points),
+    )  # fmt: skip
+    # a model sampler's proposals are picked by their cost (fine-tune epochs, known from the
+    # recipe) as CArBO's cost cooling does; random search stays the plain baseline, NSGA-II
+    # evolves a population of its own
+    cost_aware = spec.sampler in COST_AWARE_SAMPLERS
+    recipe_cost = functools.partial(recipe_epochs, dense_epochs=spec.baseline_epochs)
+    search = RungAwareOptunaSearch(
+        space,
+        metric=[o.metric for o in objectives],
+        mode=[o.mode for o in objectives],
+        cost=recipe_cost if cost_aware else None,
+        sampler_factory=sampler_factory if cost_aware else None,
+        budget=spec.num_samples,
+        pick_seed=spec.seed,
+        points_to_evaluate=points or None,
+        sampler=sampler_factory(spec.seed),
+    )
+    first = f", the first {len(points)} from the study's grid" if points else ""
+    picks = (f"; each trial picked from {search.candidates} proposals by cost "
+             "(fine-tune epochs, cost cooling)" if cost_aware else "")  # fmt: skip
+    say(f"Optuna search over space {spec.space!r}: {spec.num_samples} trials, "
+        f"sampler {spec.sampler}{first}{picks}")  # fmt: skip
+    tune_config = tune.TuneConfig(
+        search_alg=search, num_samples=spec.num_samples,
+        max_concurrent_trials=spec.max_concurrent, reuse_actors=True, scheduler=sweep.scheduler,
+    )  # fmt: skip
+    return tune_config, None
+
+
+# --- fit ----------------------------------------------------------------------------------------
+
+
+def _fit(tuner: Any, interrupts: _Interrupts) -> None:
+    """Run the trials; a SIGINT/SIGTERM meanwhile stops them and raises ``SweepInterrupted``."""
+    interrupts.in_tune = True
+    tuner.fit()
+    interrupts.in_tune = False
+    if interrupts.signum is not None:
+        raise SweepInterrupted(interrupts.signum)
+
+
+# --- finish: latency, analysis, artifacts, the parent run's metrics ------------------------
+
+
+def _finish(sweep: _Sweep) -> SweepOutcome:
+    """Re-time latency, rank the finished trials, write and attach the results, and log the
+    sweep's figures on the parent run."""
+    spec, client, parent_id = sweep.spec, sweep.client, sweep.parent_id
+    children, finished = _retimed_children(sweep)
+    runs = trial_table(finished, sweep.accuracies)
+    stopped_tag = children.get("tags.early_stopped")
+    stopped = trial_table(
+        children[(children["status"] != "FINISHED") & stopped_tag.notna()]
+        if stopped_tag is not None else children.iloc[0:0],
+        sweep.accuracies,
+    )  # fmt: skip
+    failures = _failed_children(client, sweep.experiment_id, parent_id)
+    _log_reuse(sweep, finished)
+    if sweep.scheduler is not None:
+        used = sorted({m for d in sweep.scheduler.decisions for m in d.objectives})
+        client.set_tag(parent_id, "early_stop_objectives", ",".join(used))
+        client.log_metric(parent_id, "early_stopped_trials", len(stopped))
+    out_dir = os.path.join(spec.results_dir, sweep.sweep_name)
+    os.makedirs(out_dir, exist_ok=True)
+    analysis, tables = _write_results(sweep, runs, stopped, out_dir)
+    client.log_metric(parent_id, "finished_trials", len(runs))
+    client.log_metric(parent_id, "failed_trials", len(failures))
+    client.log_metric(parent_id, "sweep_seconds", time.perf_counter() - sweep.started)
+    return SweepOutcome(
+        parent_id, sweep.experiment_id, sweep.target.uri, all(sweep.reused), sweep.accuracies,
+        analysis.table if analysis else runs, len(failures), tables, sweep.sweep_name,
+        out_dir, analysis, failures,
+    )  # fmt: skip
+
+
+def _retimed_children(sweep: _Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every child run, the FINISHED ones), read after the driver re-timed the latency of the
+    finished trials' checkpoints."""
+    children, finished = _children(sweep)
+    if len(finished):
+        # latency timed here, one checkpoint at a time, with no trial competing
+        data = sweep.data
+        example = data.normalize(data.x_test[:LATENCY_BATCH])
+        remeasure_latency(sweep.client, finished, example, data.in_channels, data.num_classes,
+                          data.image_size, log=say)  # fmt: skip
+        children, finished = _children(sweep)
+    return children, finished
+
+
+def _children(sweep: _Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every child run of the sweep, the FINISHED ones) as ``mlflow.search_runs`` frames."""
+    children = child_runs(
+        sweep.target.uri, sweep.experiment_id, sweep.parent_id, finished_only=False
+    )
+    return children, children[children["status"] == "FINISHED"]
+
+
+def _log_reuse(sweep: _Sweep, finished: pd.DataFrame) -> None:
+    """Say how many trials reused an earlier run's result, and log it on the parent run."""
+    reusing = reused_trials(finished)
+    if reusing:
+        say(f"{reusing} trial(s) proposed a recipe this sweep had already run and "
+            f"reused its result, not run again (tag {REUSED_BY_TAG} on its run); "
+            f"finished child runs: {len(finished)}")  # fmt: skip
+    sweep.client.log_metric(sweep.parent_id, "reused_trials", reusing)
+
+
+def _write_results(
+    sweep: _Sweep, runs: pd.DataFrame, stopped: pd.DataFrame, out_dir: str
+) -> tuple[Any, dict[str, pd.DataFrame]]:
+    """The Pareto analysis and the study's tables, written to ``out_dir`` and attached to the
+    parent run with the front's figures; (None, {}) when no trial finished."""
+    client, parent_id, spec = sweep.client, sweep.parent_id, sweep.spec
+    analysis, tables = None, {}
+    if len(runs):
+        # the same analysis as `python -m sweeps.pareto`: pareto.csv, .png, report.md
+        analysis = analyse(runs, sweep.objectives, dense=sweep.accuracies, stopped=stopped)
+        title = f"{spec.experiment} / {sweep.sweep_name}"
+        for path in write_outputs(analysis, out_dir, settings=sweep.settings, title=title):
+            client.log_artifact(parent_id, path)
+        client.log_metric(parent_id, "pareto_hypervolume", analysis.hypervolume)
+        # the reference it was measured against, so two sweeps can be compared
+        for metric, ref in zip(analysis.metrics, analysis.reference, strict=True):
+            client.log_metric(parent_id, f"pareto_reference.{metric}", ref)
+        client.set_tag(parent_id, "pareto_reference_kinds", ",".join(analysis.reference_kinds))
+        client.log_metric(parent_id, "pareto_size", int(analysis.table["pareto"].sum()))
+        study = sweep.study
+        make_tables = study.tables if study and study.tables else _default_tables
+        tables = make_tables(runs)
+    for name, frame in tables.items():
+        path = os.path.join(out_dir, name)
+        frame.to_csv(path, index=False)
+        client.log_artifact(parent_id, path)
+    return analysis, tables
 
 
 def _failed_children(client: Any, experiment_id: str, parent_id: str) -> list[tuple[str, str]]:

@@ -113,6 +113,50 @@ def cooling_alpha(started: int, initial: int, budget: int) -> float:
     return ALPHA_START * min(1.0, max(0.0, (budget - started) / span))
 
 
+class RayOptunaState:
+    """The one place that reads Ray's ``OptunaSearch`` internals (Ray 2.x keeps its Optuna study,
+    its trial map and its completed set in private attributes, and offers no public access).
+    ``READS`` names each attribute read here; tests/test_cost_aware_search.py checks that a real
+    ``OptunaSearch`` still has each of them, with the expected type, so a Ray upgrade that renames
+    one fails that test instead of a sweep."""
+
+    READS = ("_ot_study", "_ot_trials", "_completed_trials", "_space", "metric")
+
+    def __init__(self, search: OptunaSearch) -> None:
+        self._search = search
+
+    @property
+    def study(self) -> optuna.Study | None:
+        """The Optuna study the search asks and tells (None until it has a space)."""
+        return self._search._ot_study
+
+    @property
+    def space(self) -> Any:
+        """The search space: a define-by-run function, or a dict of Optuna distributions."""
+        return self._search._space
+
+    @property
+    def metric(self) -> list[str] | str | None:
+        """The objective metric(s) the search tells Optuna."""
+        return self._search.metric
+
+    def has_trial(self, trial_id: str) -> bool:
+        """True once the search has asked the study for ``trial_id``'s Optuna trial."""
+        return trial_id in self._search._ot_trials
+
+    def trial(self, trial_id: str) -> optuna.Trial:
+        """The Optuna trial the search asked for ``trial_id``."""
+        return self._search._ot_trials[trial_id]
+
+    def is_completed(self, trial_id: str) -> bool:
+        """True once ``trial_id`` has been told to the study."""
+        return trial_id in self._search._completed_trials
+
+    def mark_completed(self, trial_id: str) -> None:
+        """Record ``trial_id`` as told, as ``OptunaSearch.on_trial_complete`` does."""
+        self._search._completed_trials.add(trial_id)
+
+
 class RungAwareOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells a trial stopped before its last rung as PRUNED and a trial
     with a NaN or infinite objective as FAILED (see the module docstring); every other trial is
@@ -141,6 +185,16 @@ class RungAwareOptunaSearch(OptunaSearch):
         self.picks: list[tuple[float, tuple[float, ...], int]] = []
 
     @property
+    def _internals(self) -> RayOptunaState:
+        """Ray's internals of this search (made per use: nothing more to pickle or restore)."""
+        return RayOptunaState(self)
+
+    @property
+    def study(self) -> optuna.Study | None:
+        """The Optuna study of the search: the trials that ran, and how each ended."""
+        return self._internals.study
+
+    @property
     def candidates(self) -> int:
         """Proposals of the sampler each cost-aware pick chooses from."""
         return self._candidates
@@ -148,23 +202,25 @@ class RungAwareOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         """As ``OptunaSearch.suggest``; for a cost-aware search (see the class docstring) the
         proposal is picked first and enqueued, once the study's own points are used up."""
+        internals, study = self._internals, self.study
         if (
             self._cost is not None
             and self._sampler_factory is not None
-            and callable(self._space)
-            and self._ot_study is not None
-            and trial_id not in self._ot_trials
-            and not self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            and callable(internals.space)
+            and study is not None
+            and not internals.has_trial(trial_id)
+            and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         ):
-            self._ot_study.enqueue_trial(self._cost_aware_pick())
+            study.enqueue_trial(self._cost_aware_pick())
         return super().suggest(trial_id)
 
     def _cost_aware_pick(self) -> dict[str, Any]:
         """Draw ``candidates`` proposals from the sampler on a copy of the study (so that the
         study itself sees only the trial that runs) and pick one with probability
         proportional to cost ** -alpha (``cooled_cost_weights``, ``cooling_alpha``)."""
+        study = self._internals.study
         trials = [
-            t for t in self._ot_study.get_trials(deepcopy=False)
+            t for t in study.get_trials(deepcopy=False)
             if t.state != TrialState.WAITING
         ]  # fmt: skip
         started = len(trials)
@@ -174,7 +230,7 @@ class RungAwareOptunaSearch(OptunaSearch):
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per throw-away study
         try:
             scratch = optuna.create_study(
-                directions=self._ot_study.directions, sampler=self._sampler_factory(seed)
+                directions=study.directions, sampler=self._sampler_factory(seed)
             )
             scratch.add_trials(trials)  # copies: the study's own trials are not touched
             proposals: list[dict[str, Any]] = []
@@ -209,7 +265,7 @@ class RungAwareOptunaSearch(OptunaSearch):
         replays a study trial's params): its suggestions and constants, without the keys only
         the sampler sees (``log_density``), so two samples that round to one target sparsity
         are one recipe."""
-        constants = self._space(trial) or {}
+        constants = self._internals.space(trial) or {}
         return {k: v for k, v in {**trial.params, **constants}.items() if k not in SEARCH_KEYS}
 
     def on_trial_complete(
@@ -218,13 +274,14 @@ class RungAwareOptunaSearch(OptunaSearch):
         """Tell Optuna how ``trial_id`` ended: PRUNED when early stopping ended it, FAILED when
         an objective is not finite (divergence), else as ``OptunaSearch`` does (COMPLETE with
         its values, FAILED on an error)."""
-        if trial_id in self._completed_trials or error:
+        internals = self._internals
+        if internals.is_completed(trial_id) or error:
             return super().on_trial_complete(trial_id, result, error)
-        if has_non_finite(result, self.metric):
+        if has_non_finite(result, internals.metric):
             state = TrialState.FAIL
         elif stopped_early(result):
             state = TrialState.PRUNED
         else:
             return super().on_trial_complete(trial_id, result, error)
-        self._ot_study.tell(self._ot_trials[trial_id], state=state)
-        self._completed_trials.add(trial_id)
+        internals.study.tell(internals.trial(trial_id), state=state)
+        internals.mark_completed(trial_id)

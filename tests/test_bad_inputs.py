@@ -595,7 +595,7 @@ def test_two_sweeps_in_one_second_get_their_own_folders(tmp_path, monkeypatch, e
             return []  # no trial ran
 
     monkeypatch.setattr(tune, "Tuner", RecordingTuner)
-    monkeypatch.setattr(sweeps.runner, "_init_ray", lambda spec, target: False)
+    monkeypatch.setattr(sweeps.runner, "_init_ray", lambda spec, target: (False, spec))
     # tune.with_parameters registers a hook for the next ray.init: keep it out of later tests
     monkeypatch.setattr(
         ray._private.worker, "_post_init_hooks", list(ray._private.worker._post_init_hooks)

@@ -8,7 +8,12 @@ import functools
 import pytest
 
 from sweeps.search import make_sampler, recipe_epochs
-from sweeps.searcher import RungAwareOptunaSearch, cooled_cost_weights, cooling_alpha
+from sweeps.searcher import (
+    RayOptunaState,
+    RungAwareOptunaSearch,
+    cooled_cost_weights,
+    cooling_alpha,
+)
 
 DENSE_EPOCHS = 15
 
@@ -124,7 +129,7 @@ def test_cost_aware_picks_cheap_recipes_while_alpha_is_high():
 def test_the_study_records_only_the_trials_that_run():
     search = _search(True, 6)
     configs = _run(search, 6)
-    trials = search._ot_study.get_trials(deepcopy=False)
+    trials = search.study.get_trials(deepcopy=False)
     # one trial per suggestion (the 8 candidates per pick lived on a throw-away copy)
     assert len(trials) == 6
     assert [t.params["x"] for t in trials] == [c["x"] for c in configs]
@@ -156,3 +161,54 @@ def test_picks_skip_recipes_the_sweep_has_run():
     assert sorted(buckets[:4]) == [0, 1, 2, 3]
     # then every candidate repeats one: the search still proposes (the trial reuses its run)
     assert set(buckets[4:]) <= {0, 1, 2, 3} and len(buckets) == 6
+
+
+def test_ray_optuna_search_still_has_what_the_adapter_reads(tmp_path):
+    """``RayOptunaState`` reads private attributes of Ray's ``OptunaSearch``: each must still
+    exist on a real one, with the type and meaning the adapter assumes. A Ray upgrade that
+    renames or retypes one fails here, not in the middle of a sweep."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    # a define-by-run space and objective lists, as the sweep builds its search
+    search = OptunaSearch(_space, metric=["acc", "params"], mode=["max", "min"], seed=0)
+    for name in RayOptunaState.READS:
+        assert hasattr(search, name), f"OptunaSearch has no {name} any more"
+    state = RayOptunaState(search)
+    assert isinstance(state.study, optuna.Study)
+    assert state.space is _space
+    assert state.metric == ["acc", "params"]
+    assert isinstance(search._ot_trials, dict) and isinstance(search._completed_trials, set)
+    assert not state.has_trial("t0") and not state.is_completed("t0")
+    config = search.suggest("t0")
+    assert state.has_trial("t0")
+    assert isinstance(state.trial("t0"), optuna.Trial)
+    assert state.trial("t0").params == {"kind": config["kind"], "x": config["x"]}
+    search.on_trial_complete("t0", {"acc": 0.5, "params": 1.0})
+    assert state.is_completed("t0")
+    assert state.study.get_trials(deepcopy=False)[0].values == [0.5, 1.0]
+    # what mark_completed records is what OptunaSearch checks: a later completion is ignored
+    search.suggest("t1")
+    state.mark_completed("t1")
+    search.on_trial_complete("t1", {"acc": 0.9, "params": 1.0})
+    assert state.study.get_trials(deepcopy=False)[1].state == optuna.trial.TrialState.RUNNING
+
+    # a space Ray Tune hands over later (a Tuner's param_space): no study until then
+    later = OptunaSearch(metric="acc", mode="max", seed=0)
+    assert RayOptunaState(later).study is None
+    assert later.set_search_properties(None, None, {"x": tune.uniform(0.0, 1.0)})
+    state = RayOptunaState(later)
+    assert isinstance(state.study, optuna.Study) and isinstance(state.space, dict)
+    assert state.metric == "acc"
+    later.suggest("t0")
+    assert state.trial("t0").params.keys() == {"x"}
+
+    # the searcher's checkpoint (what --resume restores) brings the same state back
+    ours = _search(True, 4)
+    _run(ours, 2)
+    ours.save(str(tmp_path / "searcher.pkl"))
+    restored = _search(True, 4)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert len(restored.study.get_trials(deepcopy=False)) == 2
+    assert all(RayOptunaState(restored).is_completed(f"t{i}") for i in range(2))

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from prune_core.config import DataConfig, TrainConfig
-from sweeps.runner import _trial_end_callback
+from sweeps.callbacks import TrialEndCallback
 from sweeps.scheduler import MOASHAScheduler
 from sweeps.trial import TrialContext
 
@@ -74,7 +74,7 @@ def test_stopped_trial_is_killed_in_mlflow_not_left_running(tmp_path, ray_tmpdir
             name="moasha",
             storage_path=str(tmp_path / "ray"),
             verbose=0,
-            callbacks=[_trial_end_callback(ctx)],
+            callbacks=[TrialEndCallback(ctx)],
         ),
     )
     try:

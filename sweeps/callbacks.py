@@ -1,0 +1,80 @@
+"""The sweep driver's Ray Tune callback: it keeps MLflow true to how each trial ended.
+
+A module-level class (not one made inside a function) so that Ray Tune pickles it by reference
+with its experiment state and ``--resume`` restores it from the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune import Callback
+
+from .tracking import tagged_child_runs
+from .trial import TrialContext, recipe_run_name
+
+# What a FAILED child run's tag ``error`` says when Ray Tune wrote no error file.
+NO_ERROR_FILE = "the trial's worker failed"
+
+
+def error_file_line(path: str | None) -> str:
+    """The last non-empty line of a Ray Tune error file (the error itself), or ''."""
+    try:
+        with open(path or "") as fh:
+            lines = [line.strip() for line in fh if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:500] if lines else ""
+
+
+class TrialEndCallback(Callback):
+    """A Ray Tune callback, in the driver, that keeps MLflow true to how each trial ended: a trial
+    that failed for good (retries spent, or its worker process died) is FAILED with tag ``error``
+    (a child run is made for it if it died before making one); a trial Tune stopped early is KILLED
+    with tag ``early_stopped=rung N`` and keeps its partial history. It holds no client, only
+    ``ctx``: Ray Tune pickles it with the experiment state, and ``--resume`` restores it."""
+
+    def __init__(self, ctx: TrialContext) -> None:
+        self.ctx = ctx
+
+    def _client(self) -> Any:
+        """A client of the sweep's tracking URI, made per event (none is kept: see above)."""
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.ctx.tracking_uri)
+
+    def _runs(self, client: Any, trial: Any) -> list[Any]:
+        """The child runs of the sweep tagged with ``trial``'s Tune trial id."""
+        ctx = self.ctx
+        return tagged_child_runs(
+            client, ctx.experiment_id, ctx.parent_run_id, "trial_id", trial.trial_id
+        )
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Mark ``trial``'s child run FAILED with the error's last line (making the run if the
+        trial died before it made one)."""
+        ctx, client = self.ctx, self._client()
+        line = error_file_line(trial.error_file) or NO_ERROR_FILE
+        runs = self._runs(client, trial)
+        if not runs:
+            recipe = dict(trial.config.get("recipe", trial.config))
+            name = recipe_run_name(recipe.get("model", ctx.model), recipe, ctx.train.epochs)
+            tags = {"mlflow.parentRunId": ctx.parent_run_id, "sweep": ctx.sweep_name,
+                    "trial_id": trial.trial_id}  # fmt: skip
+            runs = [client.create_run(ctx.experiment_id, run_name=name, tags=tags)]
+        for run in runs:
+            if run.info.status in ("RUNNING", "KILLED", "SCHEDULED") or (
+                run.info.status == "FAILED" and "error" not in run.data.tags
+            ):
+                client.set_tag(run.info.run_id, "failure", "error")
+                client.set_tag(run.info.run_id, "error", line)
+                client.set_terminated(run.info.run_id, "FAILED")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Mark a child run Tune stopped before its last rung KILLED, tag ``early_stopped``."""
+        client = self._client()
+        rung = (trial.last_result or {}).get("rung")
+        for run in self._runs(client, trial):
+            if run.info.status == "RUNNING":  # Tune stopped it before its end
+                client.set_tag(run.info.run_id, "early_stopped", f"rung {rung}")
+                client.set_terminated(run.info.run_id, "KILLED")

@@ -1,0 +1,97 @@
+"""The driver's parts that need no Ray run: the trial-end callback pickles as Ray Tune saves it
+(by reference, with no client), the one ``--address`` parser, and the functions of the sweep's
+driver modules stay short enough to read (issue 22: ``run_sweep`` as named phases)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pickle
+
+import pytest
+from ray import cloudpickle
+
+from prune_core.config import DataConfig, TrainConfig
+from sweeps.callbacks import TrialEndCallback, error_file_line
+from sweeps.cli import UsageError, parse_address
+from sweeps.trial import TrialContext
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The longest a function of these modules may be (lines, nested functions included).
+MAX_LINES = {"runner": 80, "latency": 80, "cli": 80, "searcher": 80, "callbacks": 80}
+RUN_SWEEP_MAX_LINES = 60
+
+
+def _context() -> TrialContext:
+    return TrialContext(
+        data=DataConfig(), train=TrainConfig(), model="cnn", seed=0, cpus_per_trial=1.0,
+        gpus_per_trial=0.0, tracking_uri="sqlite:////tmp/none.db", experiment_id="1",
+        parent_run_id="p", sweep_name="s",
+    )  # fmt: skip
+
+
+def test_trial_end_callback_pickles_by_reference_without_a_client():
+    callback = TrialEndCallback(_context())
+    # Ray Tune pickles it with the experiment state (cloudpickle); --resume unpickles it
+    blob = cloudpickle.dumps(callback)
+    assert b"sweeps.callbacks" in blob and b"TrialEndCallback" in blob  # the class by name
+    restored = pickle.loads(blob)
+    assert type(restored) is TrialEndCallback and restored.ctx == callback.ctx
+    assert set(vars(restored)) == {"ctx"}  # no client or other state to go stale
+
+
+def test_error_file_line(tmp_path):
+    path = tmp_path / "error.txt"
+    path.write_text("Traceback (most recent call last):\n  ...\nValueError: bad recipe\n\n")
+    assert error_file_line(str(path)) == "ValueError: bad recipe"
+    assert error_file_line(str(tmp_path / "missing.txt")) == ""
+    assert error_file_line(None) == ""
+
+
+def test_old_experiment_states_find_the_callbacks_helper():
+    # a callback pickled (by value) before it moved to sweeps.callbacks names runner._last_line
+    import sweeps.runner
+
+    assert sweeps.runner._last_line is error_file_line
+
+
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        (None, None),
+        ("auto", None),
+        ("ray://head:10001", None),
+        ("10.0.0.5:6379", ("10.0.0.5", 6379)),
+        ("head.example:1", ("head.example", 1)),
+    ],
+)
+def test_parse_address(address, expected):
+    assert parse_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["nohost", ":6379", "h:99999", "h:0", "h:port"])
+def test_parse_address_refuses(address):
+    with pytest.raises(UsageError, match="HOST:PORT with a port 1..65535"):
+        parse_address(address)
+
+
+def _function_lengths(module: str) -> dict[str, int]:
+    path = os.path.join(REPO, "sweeps", f"{module}.py")
+    tree = ast.parse(open(path).read(), filename=path)
+    return {
+        f"{node.name}:{node.lineno}": node.end_lineno - node.lineno + 1
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+
+
+@pytest.mark.parametrize("module", sorted(MAX_LINES))
+def test_driver_functions_stay_short(module):
+    long = {f: n for f, n in _function_lengths(module).items() if n > MAX_LINES[module]}
+    assert not long, f"sweeps/{module}.py: functions over {MAX_LINES[module]} lines: {long}"
+
+
+def test_run_sweep_reads_as_named_phases():
+    lengths = _function_lengths("runner")
+    (run_sweep,) = [n for f, n in lengths.items() if f.startswith("run_sweep:")]
+    assert run_sweep <= RUN_SWEEP_MAX_LINES
