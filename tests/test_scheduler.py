@@ -215,12 +215,12 @@ def test_stopped_trial_is_told_to_optuna_as_pruned_finished_one_as_complete():
     search.on_trial_complete("stopped", stopped)
     search.on_trial_complete("finished", finished)
     search.on_trial_complete("diverged", diverged)
-    trials = search._ot_study.get_trials(deepcopy=False)
+    trials = search.study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
     assert trials[0].values is None
     assert trials[1].values == [0.90, 400.0]
     search.on_trial_complete("stopped", stopped)  # a repeated completion changes nothing
-    assert search._ot_study.get_trials(deepcopy=False)[0].state == TrialState.PRUNED
+    assert search.study.get_trials(deepcopy=False)[0].state == TrialState.PRUNED
 
 
 def test_hypervolume_contributions_by_hand():
