@@ -75,13 +75,18 @@ def alive(pid: int) -> bool:
         return False
 
 
-def kill_all(pids: set[int]) -> None:
-    """SIGKILL whatever of ``pids`` is still there (test cleanup)."""
+def kill_all(pids: set[int], wait_s: float = 10.0) -> None:
+    """SIGKILL whatever of ``pids`` is still there (test cleanup), and wait up to ``wait_s`` for
+    them to be gone: a killed process is still listed until the kernel has torn it down, which
+    on a loaded machine can take longer than the next line of the test."""
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    deadline = time.monotonic() + wait_s
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def child_statuses(db: str) -> dict[str, tuple[str, int | None]]:
