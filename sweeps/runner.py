@@ -86,6 +86,9 @@ RAY_START_WAIT_S = 120
 # Ray's own setting of its start-up wait (the GCS's port file and connection, seconds); the
 # sweep applies the same budget to the raylet's registration, which Ray fixes at 30 s.
 RAY_START_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"
+# Ray's setting of its worker processes' niceness, added to the raylet's (Ray's default 15). The
+# sweep's trial workers get 0, the driver's priority, unless the user set it (``trial_niceness``).
+RAY_WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
 @dataclass
@@ -168,6 +171,23 @@ def _check_address_reachable(address: str, timeout_s: float = 5.0) -> None:
             f"--address {address}: no Ray cluster answers there ({err.strerror or err}); "
             "start one with `ray start --head` or leave --address out for a local Ray"
         ) from None
+
+
+def trial_niceness() -> str:
+    """The niceness of the sweep's trial workers, relative to the raylet (whose is the driver's
+    on a local Ray): ``RAY_WORKER_NICENESS_ENV`` if the user set it, else 0.
+
+    Ray starts workers at nice 15 so that they cannot slow Ray's own processes. A sweep's
+    workers are its trials, the work itself, while the driver and Ray's processes mostly wait
+    for them: at 15, any ordinary process on a busy machine took their CPU (issue 25: about 2%
+    each while the driver idled; measured in the README). Ray's job submission starts its job
+    drivers with the same setting at 0."""
+    value = os.environ.get(RAY_WORKER_NICENESS_ENV, "0").strip()
+    try:
+        int(value)
+    except ValueError:
+        raise UsageError(f"{RAY_WORKER_NICENESS_ENV}={value!r}: not an integer niceness") from None
+    return value
 
 
 class RayStartFailed(UsageError):
@@ -253,8 +273,10 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpe
     cluster)."""
     import ray
 
-    # every trial, on any node, finds the tracking URI in its environment
-    runtime_env: dict[str, Any] = {"env_vars": {"MLFLOW_TRACKING_URI": tracking.uri}}
+    # every trial, on any node, finds the tracking URI in its environment; Ray's workers read
+    # their niceness from theirs (set per job, so a cluster's other jobs keep their own)
+    env_vars = {"MLFLOW_TRACKING_URI": tracking.uri, RAY_WORKER_NICENESS_ENV: trial_niceness()}
+    runtime_env: dict[str, Any] = {"env_vars": env_vars}
     if ray.is_initialized():
         connected = False
     elif spec.address:

@@ -1,6 +1,6 @@
 """Starting a local Ray for a sweep: the start-up wait is long enough for a loaded machine, a
 start that still times out ends the sweep with one line (exit 2, no traceback, no MLflow
-store)."""
+store), and trial workers run at the driver's priority."""
 
 from __future__ import annotations
 
@@ -48,8 +48,10 @@ def test_node_start_timeout_ends_in_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(ray, "init", timed_out)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    unset(monkeypatch, runner.RAY_WORKER_NICENESS_ENV)
     assert runner.main(STUDY, sweep_argv(tmp_path)) == 2
     assert len(calls) == 1
+    assert calls[0]["runtime_env"]["env_vars"]["RAY_worker_niceness"] == "0"
     # Ray was given the longer wait through its own setting (inherited by its processes)
     assert os.environ[runner.RAY_START_WAIT_ENV] == str(runner.RAY_START_WAIT_S) == "120"
     err = capsys.readouterr().err.strip().splitlines()
@@ -119,3 +121,34 @@ def test_raylet_registration_waits_past_rays_30_seconds(monkeypatch):
     with runner._raylet_registration_wait(0), pytest.raises(RuntimeError, match="not found"):
         services.get_node("gcs", "n1")  # past the deadline: Ray's own error, at once
     assert len(polls) == 1
+
+
+def test_trial_niceness_is_0_unless_the_user_set_it(monkeypatch):
+    unset(monkeypatch, runner.RAY_WORKER_NICENESS_ENV)
+    assert runner.trial_niceness() == "0"
+    monkeypatch.setenv(runner.RAY_WORKER_NICENESS_ENV, "15")  # Ray's default, asked for
+    assert runner.trial_niceness() == "15"
+    monkeypatch.setenv(runner.RAY_WORKER_NICENESS_ENV, "low")
+    with pytest.raises(runner.UsageError, match="RAY_worker_niceness='low': not an integer"):
+        runner.trial_niceness()
+
+
+@pytest.mark.slow
+def test_trial_workers_run_at_the_drivers_priority(tmp_path, ray_tmpdir, monkeypatch):
+    import ray
+
+    from sweeps.cli import resolve_spec
+    from sweeps.tracking import resolve_tracking_uri
+
+    unset(monkeypatch, runner.RAY_WORKER_NICENESS_ENV)
+    unset(monkeypatch, runner.RAY_START_WAIT_ENV)
+    spec = resolve_spec(STUDY, sweep_argv(tmp_path))
+    connected, _ = runner._init_ray(spec, resolve_tracking_uri(spec.tracking_uri))
+    assert connected
+
+    @ray.remote(num_cpus=1)
+    def niceness() -> int:
+        return os.nice(0)
+
+    # Ray's default would be the driver's + 15
+    assert ray.get(niceness.remote()) == os.nice(0)
