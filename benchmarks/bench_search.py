@@ -112,9 +112,11 @@ def recipe_steps(row: dict, baseline_epochs: int) -> tuple[str, int, int]:
 
 def epochs_of_run(row: dict, baseline_epochs: int) -> float:
     """Fine-tune epochs one child run spent (``mlflow.search_runs`` row as a dict): its
-    ``epochs_run`` metric, else from the recipe (``recipe_steps``): the epochs of the steps it
-    ran (all of them when it finished, up to its ``early_stopped`` rung otherwise; rung = prune
-    iteration, or fine-tune epoch for a one-shot recipe)."""
+    ``epochs_run`` metric (MLflow's latest value, which is the last epoch count since the trial
+    logs it at step = epochs so far; before that a one-shot recipe's read one epoch short), else
+    from the recipe (``recipe_steps``): the epochs of the steps it ran (all of them when it
+    finished, up to its ``early_stopped`` rung otherwise; rung = prune iteration, or fine-tune
+    epoch for a one-shot recipe)."""
     logged = row.get("metrics.epochs_run")
     if logged is not None and not (isinstance(logged, float) and math.isnan(logged)):
         return float(logged)
