@@ -36,7 +36,9 @@ def seed_everything(seed: int) -> None:
 
 def model_for(cfg: ExperimentConfig, data: TensorData) -> nn.Module:
     """A fresh model of ``cfg.model.name`` adapted to ``data``, on ``data``'s device."""
-    model = build_model(cfg.model.name, data.in_channels, data.num_classes, data.image_size)
+    model = build_model(
+        cfg.model.name, data.in_channels, data.num_classes, data.image_size, cfg.model.weights
+    )
     return model.to(data.device)
 
 

@@ -19,10 +19,12 @@ from typing import Any
 import pandas as pd
 
 from prune_core.baseline import load_or_train_baseline
+from prune_core.cliutils import first_line
 from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from prune_core.data import DatasetUnavailable, load_dataset
 from prune_core.metrics import count_parameters
 from prune_core.models import build_model
+from prune_core.sources import SourceError
 from prune_core.train import pick_device
 
 from .analysis import (
@@ -79,6 +81,11 @@ CHANCE_MARGIN = 0.02
 TUNE_CHECKPOINT_S = 5
 # Spaces that may choose weight rewinding: their baselines keep the early weights it needs.
 REWINDING_SPACES = ("unstructured", "full")
+# SweepSpec fields of the user's own model and data, logged as params only where given.
+SOURCE_SETTINGS = ("init_checkpoint", "checkpoint_sha256", "weights", "num_classes",
+                   "image_size", "normalize")  # fmt: skip
+# The study name of ``python -m sweeps`` (the generic sweep of the user's model and data).
+GENERIC_STUDY = "sweep"
 
 
 @dataclass
@@ -107,22 +114,58 @@ def say(msg: str) -> None:
 def base_config(spec: SweepSpec, model: str) -> ExperimentConfig:
     """The data/model/training config of ``model``'s dense baseline in this sweep."""
     rewind: tuple[int, ...] = ()
-    if spec.space in REWINDING_SPACES and not spec.grid:
+    if spec.space in REWINDING_SPACES and not spec.grid and not spec.init_checkpoint:
         from search_spaces import REWIND_EPOCHS
 
         rewind = tuple(e for e in REWIND_EPOCHS if e < spec.baseline_epochs)
     return ExperimentConfig(
         data=DataConfig(
             dataset=spec.dataset, root=spec.data_root, download=spec.download,
-            batch_size=spec.batch_size,
+            batch_size=spec.batch_size, image_size=spec.image_size, normalize=spec.normalize,
         ),
-        model=ModelConfig(name=model),
+        model=ModelConfig(name=model, weights=spec.weights),
         train=TrainConfig(
             epochs=spec.baseline_epochs, lr=spec.baseline_lr, optimizer=spec.baseline_optimizer,
             weight_decay=spec.baseline_weight_decay, rewind_epochs=rewind,
+            init_checkpoint=spec.checkpoint_sha256,
         ),
         seed=spec.seed,
     )  # fmt: skip
+
+
+def check_model_on_data(spec: SweepSpec, data: Any) -> None:
+    """Before any run exists: each model builds for the data's shape, answers one batch with one
+    score per class (``--num-classes``, if given, agreeing with the data), and takes the
+    checkpoint's weights; ``UsageError`` (one line) otherwise."""
+    import torch
+
+    from prune_core.checkpoint import CheckpointError, load_into, read_state_dict
+
+    if spec.num_classes is not None and spec.num_classes != data.num_classes:
+        raise UsageError(f"--num-classes {spec.num_classes}: dataset {spec.dataset} has "
+                         f"{data.num_classes} classes")  # fmt: skip
+    batch = data.normalize(data.x_test[:2])
+    for name in spec.models:
+        try:
+            model = build_model(name, data.in_channels, data.num_classes, data.image_size,
+                                spec.weights)  # fmt: skip
+            if spec.init_checkpoint:
+                load_into(model, read_state_dict(spec.init_checkpoint), spec.init_checkpoint)
+            with torch.no_grad():
+                out = model.eval()(batch)
+        except (SourceError, CheckpointError) as err:
+            raise UsageError(f"--model {name}: {err}") from None
+        except Exception as err:  # the model's own forward rejects the data's shape
+            raise UsageError(
+                f"--model {name} rejects the data ({spec.dataset}: images "
+                f"{tuple(batch.shape[1:])}): {first_line(err)}"
+            ) from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UsageError(
+                f"--model {name} answers a batch of 2 with {shape}; a classifier of dataset "
+                f"{spec.dataset} must answer (2, {data.num_classes})"
+            )
 
 
 def _check_resources(spec: SweepSpec, resources: dict[str, float]) -> SweepSpec:
@@ -277,9 +320,15 @@ class _Interrupts:
             signal.signal(sig, handler)
 
 
+def resume_module(study: str) -> str:
+    """The command of ``study``: ``python -m sweeps.<study>``, or ``python -m sweeps`` for the
+    generic sweep of the user's own model and data."""
+    return "python -m sweeps" if study == GENERIC_STUDY else f"python -m sweeps.{study}"
+
+
 def resume_command(spec: SweepSpec, sweep_name: str) -> str:
     """The exact command that continues this sweep (the settings come from its parent run)."""
-    cmd = f"python -m sweeps.{spec.study} --resume {sweep_name}"
+    cmd = f"{resume_module(spec.study)} --resume {sweep_name}"
     if spec.tracking_uri != DEFAULT_TRACKING_URI:
         cmd += f" --tracking-uri {spec.tracking_uri}"
     return cmd
@@ -378,8 +427,15 @@ def _prepare(spec: SweepSpec, study: Study | None) -> _Sweep:
     started = time.perf_counter()
     objectives = parse_objectives(spec.objectives)
     target = resolve_tracking_uri(spec.tracking_uri)
-    data = load_dataset(spec.dataset, root=spec.data_root, download=spec.download, seed=spec.seed)
+    try:
+        data = load_dataset(
+            spec.dataset, root=spec.data_root, download=spec.download, seed=spec.seed,
+            image_size=spec.image_size, normalize=spec.normalize,
+        )  # fmt: skip
+    except (SourceError, ValueError) as err:
+        raise UsageError(f"--dataset {spec.dataset}: {err}") from None
     say(f"dataset {spec.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images")
+    check_model_on_data(spec, data)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # the driver's own handler turns SIGINT into Tune's graceful stop (see _Interrupts)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
@@ -451,8 +507,14 @@ def _log_settings(sweep: _Sweep) -> None:
     settings["models"] = ",".join(settings["models"])
     del settings["argv"], settings["resume"]
     settings["plugins"] = ",".join(settings["plugins"])
-    if not settings["plugins"]:  # a param only where plugins were loaded
-        del settings["plugins"]
+    for key in ("plugins", *SOURCE_SETTINGS):  # params only where the user gave them
+        if settings[key] in (None, "", 0):
+            del settings[key]
+    if "normalize" in settings:
+        settings["normalize"] = "/".join(",".join(map(str, v)) for v in settings["normalize"])
+    # the statistics the images were standardised with (the training split's, or --normalize)
+    settings["normalize_mean"] = ",".join(f"{v:.6g}" for v in sweep.data.mean)
+    settings["normalize_std"] = ",".join(f"{v:.6g}" for v in sweep.data.std)
     sweep.settings = settings
     if sweep.resumed is None:
         log_params(sweep.client, sweep.parent_id, settings)
@@ -484,7 +546,11 @@ def _train_baselines(sweep: _Sweep) -> None:
     baseline_seconds = 0.0
     for model in spec.models:
         baseline_seconds += _train_baseline(sweep, model, device_data)
-    client.set_tag(parent_id, "baseline_source", "cache" if all(sweep.reused) else "trained")
+    if spec.init_checkpoint:  # the given weights, evaluated (or their evaluation, cached)
+        client.set_tag(parent_id, "baseline_source", "checkpoint")
+        client.set_tag(parent_id, "baseline_checkpoint", spec.checkpoint_sha256)
+    else:
+        client.set_tag(parent_id, "baseline_source", "cache" if all(sweep.reused) else "trained")
     client.log_metric(parent_id, "dense_test_accuracy", sweep.accuracies[spec.models[0]])
     client.log_metric(parent_id, "baseline_seconds", baseline_seconds)
 
@@ -494,11 +560,15 @@ def _train_baseline(sweep: _Sweep, model: str, device_data: Any) -> float:
     returns the seconds it trained (0 from the cache)."""
     spec, data = sweep.spec, sweep.data
     cfg = base_config(spec, model)
-    say(f"dense {model} {cfg.baseline_hash()}: {spec.baseline_epochs} epochs")
-    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=say)
-    source = "cache" if b.reused else "trained"
+    origin = f"checkpoint {spec.init_checkpoint}" if spec.init_checkpoint else (
+        f"{spec.baseline_epochs} epochs")  # fmt: skip
+    say(f"dense {model} {cfg.baseline_hash()}: {origin}")
+    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=say,
+                               checkpoint=spec.init_checkpoint)  # fmt: skip
+    source = "cache" if b.reused else ("checkpoint" if spec.init_checkpoint else "trained")
     say(f"dense {model} {source}: test accuracy {b.test_accuracy:.4f} ({b.path})")
-    _check_baseline(model, b.test_accuracy, data.num_classes, spec.baseline_epochs)
+    if not spec.init_checkpoint:  # the user's own weights are theirs to judge
+        _check_baseline(model, b.test_accuracy, data.num_classes, spec.baseline_epochs)
     sweep.baselines[model] = {
         "state": b.state,
         "test_accuracy": b.test_accuracy,
@@ -626,13 +696,15 @@ def _search(sweep: _Sweep) -> tuple[Any, None]:
     from .searcher import RungAwareOptunaSearch
 
     spec, objectives = sweep.spec, sweep.objectives
-    space = get_space(spec.space, quick=spec.quick)
+    # a checkpoint baseline has no dense training to rewind into: fine-tuning recipes only
+    rewinding = not spec.init_checkpoint
+    space = get_space(spec.space, quick=spec.quick, rewinding=rewinding)
     if len(spec.models) > 1:
         space = functools.partial(space_with_models, space=space, models=spec.models)
     # the search starts from (a few of) the study's own protocol recipes
     points = grid_points(
         spec.study, spec.quick, spec.space, models=spec.models,
-        limit=max(1, spec.num_samples // GRID_POINTS_SHARE),
+        limit=max(1, spec.num_samples // GRID_POINTS_SHARE), rewinding=rewinding,
     )  # fmt: skip
     sampler_factory = functools.partial(
         make_sampler, spec.sampler, num_samples=spec.num_samples,
@@ -832,7 +904,7 @@ def resume_argv(study: Study, argv: list[str]) -> list[str]:
     if parent.data.tags.get("study", study.name) != study.name:
         raise UsageError(
             f"--resume {args.resume!r} is a sweep of {parent.data.tags['study']}; run "
-            f"python -m sweeps.{parent.data.tags['study']} --resume {args.resume}"
+            f"{resume_module(parent.data.tags['study'])} --resume {args.resume}"
         )
     if parent.info.status == "FINISHED":
         raise UsageError(f"--resume {args.resume!r}: that sweep has finished; nothing to resume")
@@ -850,7 +922,7 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         spec = resolve_spec(study, resume_argv(study, argv))
         outcome = run_sweep(spec, study)
     except (UsageError, TrackingError, DatasetUnavailable) as err:
-        print(f"python -m sweeps.{study.name}: error: {err}", file=sys.stderr)
+        print(f"{study.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)

@@ -101,7 +101,9 @@ def recipe_run_name(model: str, recipe: dict[str, Any], dense_epochs: int | None
     epochs = recipe.get("finetune_epochs", 1)
     if retrain != "finetune" and dense_epochs is not None:
         epochs = dense_epochs - recipe.get("rewind_epoch", 1)
-    name = f"{model}_{entry.name_part(options)}_{perc}perc_{schedule}{epochs}"
+    # a source names its model by its last part (torchvision:resnet50 -> resnet50)
+    label = model.rsplit(":", 1)[-1]
+    name = f"{label}_{entry.name_part(options)}_{perc}perc_{schedule}{epochs}"
     if schedule != "oneshot":
         name += f"_{recipe.get('iterations', 1)}"
     if retrain != "finetune":
