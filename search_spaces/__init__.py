@@ -112,8 +112,8 @@ def get_space(
     """
     space = SPACES.get(name)
     options: dict[str, Any] = {"quick": quick}
-    if "rewinding" in inspect.signature(space).parameters:
-        options["rewinding"] = rewinding
+    if not rewinding and "rewinding" in inspect.signature(space).parameters:
+        options["rewinding"] = False
     # a partial of a module-level function pickles, which Ray Tune needs to checkpoint the searcher
     return functools.partial(space, **options)
 

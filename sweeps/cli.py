@@ -402,20 +402,20 @@ def resolve_sources(args: argparse.Namespace, dataset: str, models: tuple[str, .
     if args.num_classes is not None and args.num_classes < 2:
         raise UsageError(f"--num-classes {args.num_classes}: must be an integer >= 2")
     normalize = parse_normalize(args.normalize) if args.normalize is not None else None
-    try:
-        for model in models:
-            if is_source(model):
-                check_model_source(model)
-        if is_source(dataset):
-            check_data_source(dataset)
-        checkpoint, digest = None, ""
-        if args.init_checkpoint is not None:
-            checkpoint = os.path.abspath(os.path.expanduser(args.init_checkpoint))
-            read_state_dict(checkpoint)
-            digest = file_sha256(checkpoint)
-    except (SourceError, CheckpointError) as err:
-        flag = "--init-checkpoint" if isinstance(err, CheckpointError) else "--model/--dataset"
-        raise UsageError(f"{flag}: {err}") from None
+    checks = [("--model", check_model_source, m) for m in models if is_source(m)]
+    if is_source(dataset):
+        checks.append(("--dataset", check_data_source, dataset))
+    checkpoint, digest = None, ""
+    if args.init_checkpoint is not None:
+        checkpoint = os.path.abspath(os.path.expanduser(args.init_checkpoint))
+        checks.append(("--init-checkpoint", read_state_dict, checkpoint))
+    for flag, check, value in checks:
+        try:
+            check(value)
+        except (SourceError, CheckpointError) as err:
+            raise UsageError(f"{flag}: {err}") from None
+    if checkpoint:
+        digest = file_sha256(checkpoint)
     if checkpoint and len(models) > 1:
         raise UsageError(f"--init-checkpoint: one checkpoint is one model; got {len(models)} "
                          f"models ({', '.join(models)})")  # fmt: skip

@@ -153,8 +153,10 @@ def check_model_on_data(spec: SweepSpec, data: Any) -> None:
                 load_into(model, read_state_dict(spec.init_checkpoint), spec.init_checkpoint)
             with torch.no_grad():
                 out = model.eval()(batch)
-        except (SourceError, CheckpointError) as err:
-            raise UsageError(f"--model {name}: {err}") from None
+        except SourceError as err:
+            raise UsageError(f"--model: {err}") from None
+        except CheckpointError as err:
+            raise UsageError(f"--init-checkpoint: {err} ({name})") from None
         except Exception as err:  # the model's own forward rejects the data's shape
             raise UsageError(
                 f"--model {name} rejects the data ({spec.dataset}: images "
@@ -432,10 +434,12 @@ def _prepare(spec: SweepSpec, study: Study | None) -> _Sweep:
             spec.dataset, root=spec.data_root, download=spec.download, seed=spec.seed,
             image_size=spec.image_size, normalize=spec.normalize,
         )  # fmt: skip
-    except (SourceError, ValueError) as err:
-        raise UsageError(f"--dataset {spec.dataset}: {err}") from None
-    say(f"dataset {spec.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images")
+    except SourceError as err:
+        raise UsageError(f"--dataset: {err}") from None
+    except ValueError as err:  # --normalize that does not fit the channels
+        raise UsageError(f"--normalize: {err}") from None
     check_model_on_data(spec, data)
+    say(f"dataset {spec.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # the driver's own handler turns SIGINT into Tune's graceful stop (see _Interrupts)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
