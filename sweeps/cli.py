@@ -348,8 +348,8 @@ def _resolve_names(study: Study, args: argparse.Namespace) -> tuple[str, tuple[s
     """The dataset and models (the study's unless given); ``UsageError`` for a dataset, model or
     space no registry holds."""
     dataset = study.dataset if args.dataset is None else args.dataset
-    if args.dataset is None and args.quick:
-        dataset = "digits"
+    if args.dataset is None and args.quick and not is_source(study.dataset):
+        dataset = "digits"  # the studies' downloads; a study of the user's own data keeps it
     if dataset not in DATASETS and not is_source(dataset):
         raise UsageError(
             f"--dataset {dataset!r} is unknown; choose from: {', '.join(DATASETS.names())}, "

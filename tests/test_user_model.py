@@ -1,12 +1,20 @@
 """Your model, your weights, your data: a torchvision ResNet-18 trained by the test on an image
 folder it writes (three classes of the bundled digits, as 16x16 RGB PNGs), saved as a state
 dict, then swept by one command (``python -m sweeps``) from that checkpoint: the dense baseline
-is the checkpoint evaluated (the test's own evaluation, exactly), never trained."""
+is the checkpoint evaluated (the test's own evaluation, exactly), never trained.
+
+The command, the study module and the Python API are the README's own (section "Your own model
+and data"), read from it and run here, so the documentation cannot drift from the code."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
+import re
+import shlex
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -16,8 +24,19 @@ import torchvision
 from PIL import Image
 from sklearn.datasets import load_digits
 
+README = Path(__file__).resolve().parent.parent / "README.md"
 CLASSES = (0, 1, 2)
 SIZE = 16  # pixels; the digits' 8x8 doubled
+
+
+def readme_examples() -> list[tuple[str, str]]:
+    """(language, code) of each fenced block of the README's "Your own model and data"."""
+    section = README.read_text().split("## Your own model and data\n", 1)[1].split("\n## ")[0]
+    return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+
+
+def test_readme_has_the_three_ways():
+    assert [lang for lang, _ in readme_examples()] == ["bash", "python", "python"]
 
 
 def write_image_folder(root) -> None:
@@ -96,10 +115,10 @@ def test_sweep_of_a_torchvision_checkpoint_on_an_image_folder(trained, tmp_path,
 
     root, checkpoint, accuracy, _, _ = trained
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    argv = [
-        "--model", "torchvision:resnet18", "--num-classes", "3",
-        "--dataset", f"imagefolder:{root / 'digits3'}", "--image-size", str(SIZE),
-        "--init-checkpoint", str(checkpoint), "--quick", "--num-samples", "2",
+    command = shlex.split(readme_examples()[0][1].replace("\\\n", " "))
+    assert command[:3] == ["python", "-m", "sweeps"]
+    paths = {"imagefolder:digits3": f"imagefolder:{root / 'digits3'}", "ck.pt": str(checkpoint)}
+    argv = [paths.get(a, a) for a in command[3:]] + [
         "--tracking-uri", uri, "--experiment", "user", "--cache-dir", str(tmp_path / "cache"),
         "--storage-path", str(tmp_path / "ray"), "--results-dir", str(tmp_path / "results"),
     ]  # fmt: skip
@@ -130,3 +149,39 @@ def test_sweep_of_a_torchvision_checkpoint_on_an_image_folder(trained, tmp_path,
     results = tmp_path / "results" / parent["tags.sweep"]
     for name in ("pareto.csv", "pareto.png", "report.md", "results.csv"):
         assert (results / name).is_file(), name
+
+
+def test_readme_study_module(trained, tmp_path, monkeypatch):
+    from sweeps.cli import resolve_spec
+    from sweeps.runner import check_model_on_data
+
+    root, _, _, _, _ = trained
+    monkeypatch.chdir(root)  # the README's paths are relative: digits3/, ck.pt
+    namespace: dict = {"__name__": "mystudy"}
+    exec(readme_examples()[1][1], namespace)
+    study = namespace["STUDY"]
+    spec = resolve_spec(study, ["--init-checkpoint", "ck.pt", "--quick",
+                                "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])  # fmt: skip
+    assert spec.models == ("torchvision:resnet18",) and spec.dataset == "imagefolder:digits3"
+    assert spec.num_samples == 2 and spec.checkpoint_sha256.startswith("sha256:")
+    from prune_core.data import load_dataset
+
+    check_model_on_data(spec, load_dataset(spec.dataset))  # builds, answers, takes the weights
+    assert study.command == "python mystudy.py"
+
+
+def test_readme_python_api(trained, monkeypatch):
+    root, _, accuracy, _, _ = trained
+    monkeypatch.chdir(root)
+    namespace: dict = {}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(readme_examples()[2][1], namespace)
+    result = namespace["result"]
+    assert result.dense_test_accuracy == pytest.approx(accuracy, abs=1e-12)
+    # global magnitude over every conv and linear weight: round(0.8 * N) of N zeroed
+    weights = [m.weight for m in result.model.modules()
+               if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]  # fmt: skip
+    total = sum(w.numel() for w in weights)
+    assert sum(int((w == 0).sum()) for w in weights) == round(0.8 * total)
+    assert printed.getvalue().split()[0] == repr(result.dense_test_accuracy)
