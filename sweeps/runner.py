@@ -24,7 +24,8 @@ from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, TrainCo
 from prune_core.data import DatasetUnavailable, load_dataset
 from prune_core.metrics import count_parameters
 from prune_core.models import build_model
-from prune_core.sources import SourceError
+from prune_core.plugins import split_plugin
+from prune_core.sources import SourceError, is_source
 from prune_core.train import pick_device
 
 from .analysis import (
@@ -133,6 +134,17 @@ def base_config(spec: SweepSpec, model: str) -> ExperimentConfig:
     )  # fmt: skip
 
 
+def can_rewind(spec: SweepSpec) -> bool:
+    """Whether the sweep's recipes may rewind: not from a checkpoint (no dense training to
+    rewind into), and only with a dense schedule longer than the latest epoch a space may
+    rewind to (``search_spaces.REWIND_EPOCHS``, ``LR_REWIND_EPOCHS``: rewind_epoch <
+    train.epochs); without it a space proposes fine-tuning recipes only."""
+    from search_spaces import LR_REWIND_EPOCHS, REWIND_EPOCHS
+
+    latest = max(*REWIND_EPOCHS, *LR_REWIND_EPOCHS)
+    return not spec.init_checkpoint and spec.baseline_epochs > latest
+
+
 def check_model_on_data(spec: SweepSpec, data: Any) -> None:
     """Before any run exists: each model builds for the data's shape, answers one batch with one
     score per class (``--num-classes``, if given, agreeing with the data), and takes the
@@ -215,8 +227,11 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpe
     with its GPU share per trial set for this cluster)."""
     import ray
 
-    # every trial, on any node, finds the tracking URI in its environment
+    # every trial, on any node, finds the tracking URI in its environment, and the user's own
+    # code (sources and plugins that are not installed packages) comes with it
     runtime_env: dict[str, Any] = {"env_vars": {"MLFLOW_TRACKING_URI": tracking.uri}}
+    if shipped := user_code(spec):
+        runtime_env["py_modules"] = shipped
     if ray.is_initialized():
         connected = False
     elif spec.address:
@@ -226,7 +241,7 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpe
         import sweeps
 
         # ship this project's code to every node, so workers need only the dependencies
-        runtime_env["py_modules"] = [prune_core, search_spaces, sweeps]
+        runtime_env["py_modules"] = [prune_core, search_spaces, sweeps, *shipped]
         try:
             ray.init(
                 address=spec.address, logging_level="WARNING", log_to_driver=True,
@@ -260,6 +275,29 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpe
             ray.shutdown()
         raise
     return connected, spec
+
+
+def user_code(spec: SweepSpec) -> list[Any]:
+    """What Ray must ship to every node for this sweep's own code to run there: the top-level
+    package (or module) of each ``package.module:function`` source and plugin module, and each
+    plugin ``.py`` file, unless it is installed (site-packages) where the workers find it."""
+    import importlib
+    import sysconfig
+
+    installed = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    names = [s.rpartition(":")[0] for s in (*spec.models, spec.dataset)
+             if is_source(s) and not s.startswith(("torchvision:", "imagefolder:"))]  # fmt: skip
+    files: list[Any] = []
+    for plugin in spec.plugins:
+        target, _ = split_plugin(plugin)
+        (files if target.endswith(".py") else names).append(target)
+    shipped: list[Any] = []
+    for name in dict.fromkeys(n.split(".")[0] for n in names):
+        module = importlib.import_module(name)
+        where = os.path.abspath(getattr(module, "__file__", None) or "")
+        if where and not any(where.startswith(p + os.sep) for p in installed):
+            shipped.append(module)
+    return shipped + list(dict.fromkeys(files))
 
 
 def space_with_models(trial: Any, space: Callable, models: tuple[str, ...]) -> dict[str, Any]:
@@ -700,8 +738,7 @@ def _search(sweep: _Sweep) -> tuple[Any, None]:
     from .searcher import RungAwareOptunaSearch
 
     spec, objectives = sweep.spec, sweep.objectives
-    # a checkpoint baseline has no dense training to rewind into: fine-tuning recipes only
-    rewinding = not spec.init_checkpoint
+    rewinding = can_rewind(spec)
     space = get_space(spec.space, quick=spec.quick, rewinding=rewinding)
     if len(spec.models) > 1:
         space = functools.partial(space_with_models, space=space, models=spec.models)
