@@ -45,6 +45,10 @@ from typing import IO, Any
 
 from prune_core.cliutils import OneLineArgumentParser, check_writable_dir, check_writable_file
 
+# the store checks are shared with the sweeps' --tracking-uri (re-exported: check_db_driver was
+# defined here before)
+from .tracking import check_db_driver, check_sqlite_file  # noqa: F401
+
 DEFAULT_BACKEND_STORE_URI = "sqlite:///mlruns/server/mlflow.db"
 DEFAULT_ARTIFACTS_DESTINATION = "mlruns/server/artifacts"
 DEFAULT_HOST = "127.0.0.1"
@@ -53,14 +57,6 @@ DEFAULT_WORKERS = 1
 # SQLAlchemy dialects (``postgresql+psycopg2`` counts as postgresql) that mlflow server accepts;
 # the file store is refused by MLflow 3.x unless MLFLOW_ALLOW_FILE_STORE=true, so not offered
 BACKEND_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-# the pip package of each DB-API module SQLAlchemy imports for a database URI (SQLAlchemy 2.1:
-# postgresql:// means psycopg 3, postgresql+psycopg2:// psycopg2, mysql:// mysqlclient)
-DRIVER_PACKAGES = {
-    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
-    "asyncpg": "asyncpg", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL",
-    "mysql": "mysql-connector-python", "mariadb": "mariadb", "pyodbc": "pyodbc",
-    "pymssql": "pymssql",
-}  # fmt: skip
 # interfaces that mean "every interface", accepted only written exactly so (the server has no
 # login); the URI to print then needs this machine's address
 ANY_INTERFACE = ("0.0.0.0", "::")
@@ -269,36 +265,6 @@ def _check_host(host: str) -> None:
             )
 
 
-def check_db_driver(flag: str, uri: str, error: type[Exception] = ValueError) -> None:
-    """Raise ``error`` (one line naming the pip package) unless SQLAlchemy can import the driver
-    that database ``uri`` needs, which is what MLflow would fail on, with a long traceback, at its
-    first call. The URI is shown without its password."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        url = make_url(uri)
-    except ArgumentError:
-        raise error(
-            f"{flag} {uri!r}: not a database URI (e.g. postgresql://USER:PASS@HOST/DB)"
-        ) from None
-    shown = url.render_as_string(hide_password=True)
-    try:
-        url.get_dialect().import_dbapi()
-    except NoSuchModuleError:
-        raise error(
-            f"{flag} {shown}: SQLAlchemy knows no database driver {url.drivername!r} (known: "
-            "e.g. postgresql, postgresql+psycopg2, mysql, mysql+pymysql)"
-        ) from None
-    except ImportError as err:
-        module = (err.name or str(err)).split(".")[0]
-        package = DRIVER_PACKAGES.get(module, module)
-        raise error(
-            f"{flag} {shown}: its database driver {module} is not installed; "
-            f"pip install '{package}'"
-        ) from None
-
-
 def advertised_host(host: str) -> str:
     """The address other machines reach this server at: ``host`` itself, or for 0.0.0.0 the
     address of the interface that carries outgoing traffic (no packet is sent)."""
@@ -357,8 +323,6 @@ def check_settings(
     if scheme == "sqlite":
         db = _sqlite_path(backend_store_uri)
         check_writable_file("--backend-store-uri", db, ServerError)
-        from .tracking import check_sqlite_file  # here: tracking imports this module too
-
         check_sqlite_file("--backend-store-uri", db, ServerError)
     else:
         check_db_driver("--backend-store-uri", backend_store_uri, ServerError)

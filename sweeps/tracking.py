@@ -22,6 +22,14 @@ ALLOWED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql")
 SQLITE_HEADER = b"SQLite format 3\x00"
 # tables that only an MLflow store has (its schema migrations' table and the experiments)
 MLFLOW_TABLES = {"alembic_version", "experiments"}
+# the pip package of each DB-API module SQLAlchemy imports for a database URI (SQLAlchemy 2.1:
+# postgresql:// means psycopg 3, postgresql+psycopg2:// psycopg2, mysql:// mysqlclient)
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
+    "asyncpg": "asyncpg", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python", "mariadb": "mariadb", "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}  # fmt: skip
 
 
 class TrackingError(ValueError):
@@ -58,8 +66,6 @@ def resolve_tracking_uri(uri: str, timeout_s: float = 5.0) -> TrackingTarget:
             f"sqlite:///PATH.db or http://HOST:PORT (allowed schemes: {', '.join(ALLOWED_SCHEMES)})"
         )
     if database in ("postgresql", "mysql"):  # MLflow would fail on a missing driver at its 1st call
-        from .server import check_db_driver
-
         check_db_driver("--tracking-uri", uri, TrackingError)
     if scheme == "sqlite":
         prefix = "sqlite:///"
@@ -99,6 +105,36 @@ def resolve_tracking_uri(uri: str, timeout_s: float = 5.0) -> TrackingTarget:
             ) from None
         return TrackingTarget(uri.rstrip("/"), None)
     return TrackingTarget(uri, None)
+
+
+def check_db_driver(flag: str, uri: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` (one line naming the pip package) unless SQLAlchemy can import the driver
+    that database ``uri`` needs, which is what MLflow would fail on, with a long traceback, at its
+    first call. The URI is shown without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError:
+        raise error(
+            f"{flag} {uri!r}: not a database URI (e.g. postgresql://USER:PASS@HOST/DB)"
+        ) from None
+    shown = url.render_as_string(hide_password=True)
+    try:
+        url.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise error(
+            f"{flag} {shown}: SQLAlchemy knows no database driver {url.drivername!r} (known: "
+            "e.g. postgresql, postgresql+psycopg2, mysql, mysql+pymysql)"
+        ) from None
+    except ImportError as err:
+        module = (err.name or str(err)).split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module)
+        raise error(
+            f"{flag} {shown}: its database driver {module} is not installed; "
+            f"pip install '{package}'"
+        ) from None
 
 
 def check_sqlite_file(
