@@ -449,7 +449,9 @@ def start_server(
     ``store_dir``: the defaults under ``mlruns/server``, output to this process's streams).
     ``port=0`` picks a free port; ``allowed_hosts`` replaces ``default_allowed_hosts(host)``
     (MLflow's Host-header check). Raises ``ServerError`` (and leaves no process behind) if the
-    server does not come up.
+    server does not come up. The server also ends when this process does, however it ends
+    (``GUARD``): a process forked from this one (multiprocessing's "fork") keeps it up until
+    that process ends too.
     """
     if store_dir is not None:
         store = Path(store_dir).absolute()
