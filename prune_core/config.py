@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +77,7 @@ class TrainConfig:
             self.rewind_epochs,
             f"epochs between 0 and train.epochs={self.epochs}",
         )
-        _check(self.lr > 0, "train.lr", self.lr, "a float > 0")
+        _check(0 < self.lr < math.inf, "train.lr", self.lr, "a finite float > 0")
         _check(self.optimizer in ("sgd", "adam"), "train.optimizer", self.optimizer, "sgd, adam")
         _check(0 <= self.momentum < 1, "train.momentum", self.momentum, "0 <= momentum < 1")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a float >= 0")
@@ -180,7 +181,7 @@ class PruneConfig:
             self.finetune_epochs,
             "an integer >= 0",
         )
-        _check(self.lr > 0, "prune.lr", self.lr, "a float > 0")
+        _check(0 < self.lr < math.inf, "prune.lr", self.lr, "a finite float > 0")
         if self.schedule == "oneshot":
             _check(self.iterations == 1, "prune.iterations", self.iterations, "1 for oneshot")
 

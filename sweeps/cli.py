@@ -26,6 +26,10 @@ from .tracking import DEFAULT_TRACKING_URI
 # (with fewer, each rung holds too few trials to rank).
 EARLY_STOP_CHOICES = ("none", "mo-asha")
 EARLY_STOP_FROM_SAMPLES = 12
+# The largest trial budget and retry count taken: beyond them a typo (an extra digit run) would
+# start a sweep that never ends.
+MAX_SAMPLES = 100_000
+MAX_FAILURES = 100
 
 
 def default_early_stop(num_samples: int, grid: bool) -> str:
@@ -262,10 +266,22 @@ def _without_resume(argv: list[str]) -> list[str]:
     return out
 
 
+def check_empty_values(args: argparse.Namespace) -> None:
+    """An empty value is a value, not "use the default": ``--sampler ''``, ``--address ''``,
+    ``--results-dir ''`` and the like are refused (one line) instead of silently replaced."""
+    for flag in ("--model", "--dataset", "--sampler", "--address", "--resume", "--results-dir",
+                 "--cache-dir", "--storage-path", "--tracking-uri", "--space", "--data-root",
+                 "--objectives", "--init-checkpoint", "--weights"):  # fmt: skip
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} {value!r}: must not be empty (leave the flag out for the "
+                             "default)")  # fmt: skip
+
+
 def parse_address(address: str | None) -> tuple[str, int] | None:
     """``(host, port)`` of ``--address HOST:PORT``; None for no address, ``auto`` or a Ray client
     URI (``ray://...``). Raises ``UsageError`` for anything else."""
-    if not address or address == "auto" or "://" in address:
+    if address is None or address == "auto" or "://" in address:
         return None
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -287,8 +303,11 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         plugins = load_plugins(args.plugin)
     except PluginError as err:
         raise UsageError(f"--plugin: {err}") from None
-    if args.max_failures < 0:
-        raise UsageError(f"--max-failures {args.max_failures}: must be an integer >= 0")
+    check_empty_values(args)
+    if not 0 <= args.max_failures <= MAX_FAILURES:
+        raise UsageError(
+            f"--max-failures {args.max_failures}: must be an integer 0..{MAX_FAILURES}"
+        )
     if args.eta < 2:
         raise UsageError(f"--eta {args.eta}: must be an integer >= 2 (keep the top 1/eta per rung)")
     dataset, models = _resolve_names(study, args)
@@ -432,23 +451,25 @@ def _resolve_budgets(study: Study, args: argparse.Namespace) -> tuple[int, int]:
     num_samples = args.num_samples
     if num_samples is None:
         num_samples = study.quick_num_samples if args.quick else study.num_samples
-    if num_samples < 1:
-        raise UsageError(f"--num-samples {num_samples}: must be an integer >= 1")
-    if not args.cpus_per_trial > 0:
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise UsageError(f"--num-samples {num_samples}: must be an integer 1..{MAX_SAMPLES}")
+    if not 0 < args.cpus_per_trial < math.inf:
         raise UsageError(
-            f"--cpus-per-trial {args.cpus_per_trial:g}: must be > 0 (fractions allowed)"
+            f"--cpus-per-trial {args.cpus_per_trial:g}: must be a number > 0 (fractions allowed)"
         )
-    if args.gpus_per_trial is not None and not args.gpus_per_trial >= 0:
+    if args.gpus_per_trial is not None and not 0 <= args.gpus_per_trial < math.inf:
         raise UsageError(
-            f"--gpus-per-trial {args.gpus_per_trial:g}: must be >= 0 (fractions allowed, e.g. 0.25)"
+            f"--gpus-per-trial {args.gpus_per_trial:g}: must be a number >= 0 (fractions "
+            "allowed, e.g. 0.25)"
         )
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent {args.max_concurrent}: must be an integer >= 1")
     epochs = args.baseline_epochs
     if epochs is None:
         epochs = study.quick_baseline_epochs if args.quick else study.baseline_epochs
-    if epochs < 0:
-        raise UsageError(f"--baseline-epochs {epochs}: must be an integer >= 0")
+    if epochs < 1 and args.init_checkpoint is None:  # an untrained baseline prunes noise
+        raise UsageError(f"--baseline-epochs {epochs}: must be an integer >= 1 (or give "
+                         "--init-checkpoint, whose weights are the baseline)")  # fmt: skip
     return num_samples, epochs
 
 
@@ -459,7 +480,7 @@ def _resolve_sampler(args: argparse.Namespace, num_samples: int) -> str:
         parse_objectives(args.objectives)
     except ValueError as err:
         raise UsageError(f"--objectives: {err}") from None
-    sampler = args.sampler or default_sampler(num_samples)
+    sampler = default_sampler(num_samples) if args.sampler is None else args.sampler
     try:
         check_sampler(sampler, len(parse_objectives(args.objectives)))
     except ValueError as err:

@@ -42,6 +42,7 @@ from .cli import (
     SweepSpec,
     UsageError,
     build_parser,
+    check_empty_values,
     default_gpus_per_trial,
     new_sweep_name,
     parse_address,
@@ -930,8 +931,9 @@ def resume_argv(study: Study, argv: list[str]) -> list[str]:
     from mlflow.tracking import MlflowClient
 
     args = build_parser(study).parse_args(argv)
-    if not args.resume:
+    if args.resume is None:
         return argv
+    check_empty_values(args)
     target = resolve_tracking_uri(args.tracking_uri)
     if target.is_local_file and not os.path.isfile(target.uri[len("sqlite:///") :]):
         parent = None  # no store, so no sweep (and MLflow is not asked, which would create one)

@@ -101,7 +101,7 @@ SWEEP_ROWS = [
     pytest.param(
         ["--sampler", "nope"], ["--sampler", "'nope'", "tpe, random, nsga2, gp"], id="sampler"
     ),
-    pytest.param(["--max-failures", "-1"], ["--max-failures -1", ">= 0"], id="max-failures"),
+    pytest.param(["--max-failures", "-1"], ["--max-failures -1", "0..100"], id="max-failures"),
     pytest.param(
         ["--resume", "no-such-sweep"], ["--resume 'no-such-sweep'", "no sweep"], id="resume-unknown"
     ),
@@ -127,7 +127,7 @@ SWEEP_ROWS = [
     pytest.param(["--cache-dir", "/proc/x"], ["--cache-dir /proc/x"], id="cache-proc"),
     pytest.param(["--results-dir", "/proc/x"], ["--results-dir /proc/x"], id="results-proc"),
     # from tests/test_cli.py
-    pytest.param(["--num-samples", "0"], ["--num-samples 0", ">= 1"], id="num-samples-0"),
+    pytest.param(["--num-samples", "0"], ["--num-samples 0", "1..100000"], id="num-samples-0"),
     pytest.param(["--gpus-per-trial", "-1"], ["--gpus-per-trial -1", ">= 0"], id="gpus-negative"),
     pytest.param(["--dataset", "nope"], ["--dataset 'nope'", "digits", "cifar10"], id="dataset"),
     pytest.param(
@@ -159,7 +159,34 @@ SWEEP_ROWS = [
     pytest.param(["--cpus-per-trial", "nan"], ["--cpus-per-trial nan"], id="cpus-nan"),
     pytest.param(["--gpus-per-trial", "nan"], ["--gpus-per-trial nan"], id="gpus-nan"),
     pytest.param(["--max-concurrent", "-2"], ["--max-concurrent -2"], id="max-concurrent-neg"),
-    pytest.param(["--baseline-epochs", "-1"], ["--baseline-epochs -1", ">= 0"], id="epochs-neg"),
+    pytest.param(["--baseline-epochs", "-1"], ["--baseline-epochs -1", ">= 1"], id="epochs-neg"),
+    # issue 24: empty strings are values, huge and infinite numbers are refused, an untrained
+    # baseline is refused before its store and cache exist
+    pytest.param(["--model", ""], ["--model ''", "must not be empty"], id="model-empty"),
+    pytest.param(["--dataset", ""], ["--dataset ''", "must not be empty"], id="dataset-empty"),
+    pytest.param(["--sampler", ""], ["--sampler ''", "must not be empty"], id="sampler-empty"),
+    pytest.param(["--address", ""], ["--address ''", "must not be empty"], id="address-empty"),
+    pytest.param(["--resume", ""], ["--resume ''", "must not be empty"], id="resume-empty"),
+    pytest.param(
+        ["--results-dir", ""], ["--results-dir ''", "must not be empty"], id="results-dir-empty"
+    ),  # fmt: skip
+    pytest.param(
+        ["--num-samples", "9" * 23],
+        [f"--num-samples {'9' * 23}", "1..100000"],
+        id="num-samples-huge",
+    ),  # fmt: skip
+    pytest.param(
+        ["--max-failures", "9" * 23],
+        [f"--max-failures {'9' * 23}", "0..100"],
+        id="max-failures-huge",
+    ),  # fmt: skip
+    pytest.param(["--cpus-per-trial", "inf"], ["--cpus-per-trial inf", "> 0"], id="cpus-inf"),
+    pytest.param(["--gpus-per-trial", "inf"], ["--gpus-per-trial inf", ">= 0"], id="gpus-inf"),
+    pytest.param(
+        ["--baseline-epochs", "0"],
+        ["--baseline-epochs 0", ">= 1", "--init-checkpoint"],
+        id="epochs-0",
+    ),  # fmt: skip
     pytest.param(["--model", "nope"], ["--model 'nope'", "resnet18"], id="model"),
     pytest.param(["--model", "cnn,nope"], ["--model 'nope'"], id="model-second-of-two"),
     pytest.param(["--seed", "abc"], ["--seed", "'abc'"], id="seed-not-int"),
@@ -335,6 +362,8 @@ PRUNE_CORE_ROWS = [
     pytest.param(["--norm", "3"], ["--norm 3", "1, 2"], id="norm-3"),
     pytest.param(["--lr", "-1"], ["--lr -1.0", "> 0"], id="lr-negative"),
     pytest.param(["--baseline-lr", "0"], ["--baseline-lr 0.0", "> 0"], id="baseline-lr-0"),
+    pytest.param(["--lr", "inf"], ["--lr inf", "finite float > 0"], id="lr-inf"),
+    pytest.param(["--baseline-lr", "inf"], ["--baseline-lr inf", "finite"], id="baseline-lr-inf"),
     pytest.param(["--batch-size", "0"], ["--batch-size 0", ">= 1"], id="batch-size-0"),
     pytest.param(["--finetune-epochs", "-1"], ["--finetune-epochs -1"], id="finetune-epochs-neg"),
     pytest.param(["--baseline-epochs", "-1"], ["--baseline-epochs -1"], id="epochs-negative"),
@@ -716,7 +745,7 @@ def test_two_sweeps_in_one_second_get_their_own_folders(tmp_path, monkeypatch, e
     monkeypatch.chdir(tmp_path)
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     spec = sweeps.cli.resolve_spec(STUDY, [
-        "--quick", "--model", "mlp", "--baseline-epochs", "0", "--num-samples", "1",
+        "--quick", "--model", "mlp", "--baseline-epochs", "1", "--num-samples", "1",
         "--gpus-per-trial", "0", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
         "--storage-path", str(tmp_path / "ray"), "--results-dir", str(tmp_path / "results"),
         "--cache-dir", str(tmp_path / "cache"),
