@@ -88,6 +88,13 @@ SOURCE_SETTINGS = ("init_checkpoint", "checkpoint_sha256", "weights", "num_class
                    "image_size", "normalize")  # fmt: skip
 # The study name of ``python -m sweeps`` (the generic sweep of the user's model and data).
 GENERIC_STUDY = "sweep"
+# How long a local Ray may take to start (seconds) unless RAY_START_WAIT_ENV says otherwise.
+# Ray 2.60 waits 30 s for its GCS and 30 s for its raylet to register; on a loaded 2-core
+# machine that ran out and four sweep starts died (issue 25). 120 s covers a loaded machine.
+RAY_START_WAIT_S = 120
+# Ray's own setting of its start-up wait (the GCS's port file and connection, seconds); the
+# sweep applies the same budget to the raylet's registration, which Ray fixes at 30 s.
+RAY_START_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"
 
 
 @dataclass
@@ -221,11 +228,87 @@ def _check_address_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+class RayStartFailed(UsageError):
+    """A local Ray did not come up; the message is one line that says what to do."""
+
+
+def ray_start_wait_s() -> int:
+    """Seconds a local Ray may take to start: ``RAY_START_WAIT_ENV`` if set (Ray's own name),
+    else ``RAY_START_WAIT_S``."""
+    try:
+        return max(1, int(os.environ.get(RAY_START_WAIT_ENV, RAY_START_WAIT_S)))
+    except ValueError:
+        raise UsageError(
+            f"{RAY_START_WAIT_ENV}={os.environ[RAY_START_WAIT_ENV]!r}: not a number of seconds"
+        ) from None
+
+
+@contextlib.contextmanager
+def _raylet_registration_wait(seconds: float) -> Iterator[None]:
+    """Let ``ray.init`` wait up to ``seconds`` for the new node's raylet to register with the
+    GCS. Ray 2.60 polls ``ray._private.services.get_node`` (``RuntimeError`` while the node is
+    unknown) for a fixed 30 s (``raylet_start_wait_time_s`` in ``ray._private.node``, not a
+    setting); here each of its polls keeps retrying until the deadline, so Ray's own check
+    only fires once it has passed. Without that private function (another Ray), Ray's wait."""
+    try:
+        from ray._private import services
+
+        original = services.get_node
+    except (ImportError, AttributeError):
+        yield
+        return
+    deadline = time.monotonic() + seconds
+
+    def patient_get_node(*args: Any, **kwargs: Any) -> Any:
+        while True:
+            try:
+                return original(*args, **kwargs)
+            except RuntimeError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+    services.get_node = patient_get_node
+    try:
+        yield
+    finally:
+        services.get_node = original
+
+
+def _start_local_ray(runtime_env: dict[str, Any]) -> None:
+    """Start a local Ray for the sweep, allowing it ``ray_start_wait_s()`` to come up (see
+    ``RAY_START_WAIT_S``). Raises ``RayStartFailed`` (one line) when Ray does not start."""
+    import ray
+
+    wait = ray_start_wait_s()
+    os.environ[RAY_START_WAIT_ENV] = str(wait)  # the GCS waits this long; inherited by Ray
+    try:
+        with _raylet_registration_wait(wait):
+            ray.init(
+                include_dashboard=False, logging_level="WARNING", log_to_driver=True,
+                runtime_env=runtime_env,
+            )  # fmt: skip
+    except Exception as err:  # Ray raises plain Exception, RuntimeError, TimeoutError, ...
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # whatever of it did start
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        logs = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "session_latest", "logs")
+        if "timed out" in first.lower():
+            raise RayStartFailed(
+                f"Ray's local node did not start within {wait} s ({first[:160]}); the machine "
+                f"is busy: try again later, or allow longer with {RAY_START_WAIT_ENV}={4 * wait}"
+            ) from None
+        raise RayStartFailed(
+            f"cannot start a local Ray ({first[:200]}); Ray's logs are in {logs}"
+        ) from None
+
+
 def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpec]:
     """Start or join Ray (unless this process is connected already), and fail at once if the
-    sweep cannot work there: a trial's resources can never be met, or several nodes would share a
-    SQLite tracking file. Returns (True if this call connected, and so must disconnect; ``spec``
-    with its GPU share per trial set for this cluster)."""
+    sweep cannot work there: Ray does not start (``_start_local_ray``), a trial's resources can
+    never be met, or several nodes would share a SQLite tracking file. Returns (True if this
+    call connected, and so must disconnect; ``spec`` with its GPU share per trial set for this
+    cluster)."""
     import ray
 
     # every trial, on any node, finds the tracking URI in its environment, and the user's own
@@ -257,10 +340,7 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpe
             ) from None
         connected = True
     else:
-        ray.init(
-            include_dashboard=False, logging_level="WARNING", log_to_driver=True,
-            runtime_env=runtime_env,
-        )  # fmt: skip
+        _start_local_ray(runtime_env)
         connected = True
     try:
         spec = _check_resources(spec, ray.cluster_resources())

@@ -323,9 +323,24 @@ def log_trial_params(client: Any, run_id: str, plan: TrialPlan) -> None:
 
 
 class TrialReporter:
-    """Logs a running trial's points to its child run and reports them to Tune: one per prune
-    step (``step``, MLflow step = prune iteration) and, for a one-shot recipe, one per retraining
-    epoch but the last (``epoch``, kept apart as ``epoch_test_accuracy``)."""
+    """Logs a running trial's points to its child run and reports them to Tune.
+
+    Two step axes, so that in MLflow (whose latest value is the one at the highest step) every
+    metric's latest value is its final one:
+
+    * the per-iteration contract metrics (``CONTRACT_METRICS``): one point per prune step
+      (``step``), MLflow step = prune iteration;
+    * ``epochs_run`` and ``epoch_test_accuracy``: MLflow step = the retraining epochs run so far
+      (cumulative over the prune steps), value = that count and the test accuracy then. A
+      one-shot recipe has a point after every retraining epoch (``epoch`` for all but the last,
+      ``step`` for the last: history 1, 2, ..., N); an iterative one after every prune step,
+      where it is measured (k x epochs per step). A step axis of its own, because logging the
+      final count at step = prune iteration (1 for a one-shot recipe) left it below the
+      per-epoch points, and MLflow reported the count of the last epoch but one.
+
+    Tune gets one report per rung: per prune step, and for a one-shot recipe per retraining
+    epoch but the last (the last report waits for the final measurements, ``run_recipe``).
+    """
 
     def __init__(self, client: Any, run_id: str, plan: TrialPlan):
         self.client, self.run_id, self.plan = client, run_id, plan
@@ -339,20 +354,32 @@ class TrialReporter:
         tune.report({**values, **pending, "epochs_run": epochs_run, "step": rung, "rung": rung,
                      "last_rung": self.plan.last_rung})  # fmt: skip
 
+    def _log_epochs(self, epochs_run: int, test_accuracy: float) -> None:
+        """One point of the epoch axis: ``epochs_run`` and ``epoch_test_accuracy`` at step =
+        the retraining epochs run so far."""
+        log_metrics(self.client, self.run_id, {"epochs_run": float(epochs_run),
+                                               "epoch_test_accuracy": test_accuracy},
+                    step=epochs_run)  # fmt: skip
+
     def step(self, step: int, metrics: dict[str, float]) -> None:
-        """After prune step ``step``: log it; report it unless it is the last (that report
-        waits for the final measurements, which are objectives too)."""
+        """After prune step ``step``: log it (contract metrics at step = iteration, the epoch
+        axis at step = epochs so far); report it unless it is the last (that report waits for
+        the final measurements, which are objectives too)."""
         values = {k: metrics[k] for k in CONTRACT_METRICS}
-        epochs_run = float(step * self.plan.epochs_per_step)
-        log_metrics(self.client, self.run_id, {**values, "epochs_run": epochs_run}, step=step)
+        epochs_run = step * self.plan.epochs_per_step
+        log_metrics(self.client, self.run_id, values, step=step)
+        # without retraining every step has 0 epochs: one point (the final one), not several
+        # at step 0 where MLflow's latest would be decided by timestamp
+        if self.plan.epochs_per_step > 0 or step == self.plan.last_step:
+            self._log_epochs(epochs_run, values["test_accuracy"])
         if step < self.plan.last_step:
-            self._pending(values, step, epochs_run)
+            self._pending(values, step, float(epochs_run))
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """After retraining epoch ``epoch`` of a one-shot recipe (not the last)."""
+        """After retraining epoch ``epoch`` of a one-shot recipe (not the last, which ``step``
+        logs): a point of the epoch axis and a rung for Tune."""
         values = {k: metrics[k] for k in CONTRACT_METRICS}
-        log_metrics(self.client, self.run_id, {"epoch_test_accuracy": values["test_accuracy"],
-                                               "epochs_run": float(epoch)}, step=epoch)  # fmt: skip
+        self._log_epochs(epoch, values["test_accuracy"])
         self._pending(values, epoch, float(epoch))
 
 

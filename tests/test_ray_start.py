@@ -1,0 +1,121 @@
+"""Starting a local Ray for a sweep: the start-up wait is long enough for a loaded machine, a
+start that still times out ends the sweep with one line (exit 2, no traceback, no MLflow
+store)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+
+import pytest
+
+from sweeps import runner
+from sweeps.resnet18_iterative import STUDY
+
+# what Ray 2.60's ray._private.node.Node raises when its raylet has not registered in time
+NODE_TIMEOUT = Exception(
+    "The current node timed out during startup. This could happen because some of the raylet "
+    "failed to startup or the GCS has become overloaded."
+)
+
+
+def unset(monkeypatch, name: str) -> None:
+    """Remove ``name`` from the environment for this test, and again after it when the code
+    under test sets it (``delenv`` alone records nothing to undo for an absent name)."""
+    monkeypatch.setenv(name, "")
+    monkeypatch.delenv(name)
+
+
+def sweep_argv(tmp_path) -> list[str]:
+    return [
+        "--quick", "--model", "cnn", "--num-samples", "1", "--baseline-epochs", "1",
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+        "--cache-dir", str(tmp_path / "baselines"), "--storage-path", str(tmp_path / "ray"),
+        "--results-dir", str(tmp_path / "results"),
+    ]  # fmt: skip
+
+
+def test_node_start_timeout_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    import ray
+
+    unset(monkeypatch, runner.RAY_START_WAIT_ENV)
+    calls = []
+
+    def timed_out(*args, **kwargs):
+        calls.append(kwargs)
+        raise NODE_TIMEOUT
+
+    monkeypatch.setattr(ray, "init", timed_out)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    assert runner.main(STUDY, sweep_argv(tmp_path)) == 2
+    assert len(calls) == 1
+    # Ray was given the longer wait through its own setting (inherited by its processes)
+    assert os.environ[runner.RAY_START_WAIT_ENV] == str(runner.RAY_START_WAIT_S) == "120"
+    err = capsys.readouterr().err.strip().splitlines()
+    # the progress lines before Ray ("[sweep] dataset ...") and then exactly one line
+    problems = [line for line in err if not line.startswith("[sweep] ")]
+    assert problems == [
+        "python -m sweeps.resnet18_iterative: error: Ray's local node did not start within "
+        "120 s (The current node timed out during startup. This could happen because some of "
+        "the raylet failed to startup or the GCS has become overloaded.); the machine is busy: "
+        "try again later, or allow longer with RAY_gcs_server_port_wait_time_s=480"
+    ]
+    assert not any("Traceback" in line for line in err)
+    # Ray is checked before any MLflow store exists (the folder is only probed for writing)
+    assert os.listdir(tmp_path / "mlruns") == []
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_user_setting_of_the_wait_is_kept(monkeypatch):
+    monkeypatch.setenv(runner.RAY_START_WAIT_ENV, "300")
+    assert runner.ray_start_wait_s() == 300
+    monkeypatch.setenv(runner.RAY_START_WAIT_ENV, "soon")
+    with pytest.raises(runner.UsageError, match="RAY_gcs_server_port_wait_time_s='soon'"):
+        runner.ray_start_wait_s()
+
+
+def test_other_start_failures_are_one_line_too(monkeypatch):
+    import ray
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("Failed to start GCS.  Last 0 lines of error files:\n\nmore\nlines")
+
+    monkeypatch.setattr(ray, "init", fails)
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp/rayX")
+    with pytest.raises(runner.RayStartFailed) as err:
+        runner._start_local_ray({})
+    assert str(err.value) == (
+        "cannot start a local Ray (Failed to start GCS.  Last 0 lines of error files:); Ray's "
+        "logs are in /tmp/rayX/session_latest/logs"
+    )
+
+
+def test_raylet_registration_waits_past_rays_30_seconds(monkeypatch):
+    from ray._private import node, services
+
+    # the wait this lengthens: Ray's node polls services.get_node for a fixed 30 s (if a Ray
+    # upgrade changes that, _raylet_registration_wait has to follow)
+    source = inspect.getsource(node.Node.__init__)
+    assert "raylet_start_wait_time_s = 30" in source
+    assert "ray._private.services.get_node(" in source
+
+    polls = []
+
+    def not_yet(*args):
+        polls.append(time.monotonic())
+        if len(polls) < 3:
+            raise RuntimeError("node not found")
+        return {"node_id": args[1]}
+
+    monkeypatch.setattr(services, "get_node", not_yet)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    with runner._raylet_registration_wait(60):
+        # one call of Ray's keeps polling until the node is there
+        assert services.get_node("gcs", "n1") == {"node_id": "n1"}
+    assert len(polls) == 3
+    assert services.get_node is not_yet  # put back afterwards
+    polls.clear()
+    with runner._raylet_registration_wait(0), pytest.raises(RuntimeError, match="not found"):
+        services.get_node("gcs", "n1")  # past the deadline: Ray's own error, at once
+    assert len(polls) == 1
