@@ -64,8 +64,11 @@ def prunable_targets(
     reaches the model output with no other conv/linear in between), so any ``nn.Module`` works;
     without it, by position (the first/last conv-or-linear in ``named_modules()``), which is
     right for the project's own models only. Not prunable here: parameters outside conv/linear
-    layers, such as ``nn.MultiheadAttention``'s raw ``in_proj_weight`` (its ``out_proj`` is a
-    Linear and is prunable), embeddings and normalisation layers (see ``left_out``).
+    layers, such as ``nn.MultiheadAttention``'s raw ``in_proj_weight``, embeddings and
+    normalisation layers (see ``left_out``). The attention's ``out_proj`` is a Linear and is
+    prunable; the attention reads ``out_proj.weight`` without calling ``out_proj``, so its mask
+    holds in the forward and in ``masked_update`` training (the project's loop), while a loop
+    that trains through prune's forward hooks would leave it frozen (its hook never runs).
     """
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
     if example_input is not None and (exclude_first or exclude_last):
