@@ -79,6 +79,9 @@ COST_AWARE_SAMPLERS = ("tpe", "gp")
 LATENCY_BATCH = 64
 # A dense baseline at most this far above chance accuracy (fraction) stops the sweep.
 CHANCE_MARGIN = 0.02
+# Seconds after the first SIGINT/SIGTERM by which the sweep has stopped, or is stopped by force
+# (the run states written first): within the 30 s a supervisor usually waits before SIGKILL.
+STOP_GRACE_S = 20.0
 # Ray Tune writes its experiment state (what --resume restores) at least this often (seconds).
 TUNE_CHECKPOINT_S = 5
 # Spaces that may choose weight rewinding: their baselines keep the early weights it needs.
@@ -401,28 +404,58 @@ class BaselineNotLearned(UsageError):
 
 
 class _Interrupts:
-    """SIGINT/SIGTERM handling of a sweep driver.
+    """SIGINT/SIGTERM handling of a sweep driver: a signal is recorded, never thrown into
+    whatever code runs at that instant (an exception raised from a handler lands there, and
+    places such as a garbage-collection callback print and drop it: SIGTERMs were lost so).
 
-    While Ray Tune runs, the first signal asks Tune to stop (its SIGUSR1 handler: it stops the
-    trials and writes its experiment state one last time, within seconds), and the driver then
-    marks what was left unfinished KILLED. Outside Tune, or on a second signal, the handler
-    raises ``SweepInterrupted`` at once.
+    - The first signal is recorded. While Ray Tune runs, it also asks Tune to stop (its SIGUSR1
+      handler: it stops the trials and writes its experiment state one last time); elsewhere
+      the sweep stops at its next safe point (``check``: between phases, after each dense
+      epoch, after Tune's loop).
+    - A second signal raises ``SweepInterrupted`` at once.
+    - A stop not done ``STOP_GRACE_S`` seconds after the first signal is forced: ``on_force``
+      writes the run states (parent and unfinished children KILLED), then Ray is left and the
+      process exits with 128 + the signal's number.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.in_tune = False
+        self.on_force: Callable[[int], None] | None = None  # writes the run states
         self._previous: dict[int, Any] = {}
+        self._watchdog: threading.Timer | None = None
 
     def handle(self, signum: int, _frame: Any) -> None:
-        first = self.signum is None
-        self.signum = self.signum or signum
-        tune_handler = signal.getsignal(signal.SIGUSR1)
-        if first and self.in_tune and callable(tune_handler):
-            say(f"{signal.Signals(signum).name}: stopping the trials (again to stop at once)")
+        """The signal handler (see the class docstring)."""
+        if self.signum is not None:
+            raise SweepInterrupted(self.signum)
+        self.signum = signum
+        name = signal.Signals(signum).name
+        if self.in_tune and callable(signal.getsignal(signal.SIGUSR1)):
+            say(f"{name}: stopping the trials (again to stop at once)")
             signal.raise_signal(signal.SIGUSR1)
-            return
-        raise SweepInterrupted(self.signum)
+        else:
+            say(f"{name}: stopping at the next safe point (again to stop at once)")
+        self._watchdog = threading.Timer(STOP_GRACE_S, self._force)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def check(self) -> None:
+        """A safe point: raise ``SweepInterrupted`` if a signal came."""
+        if self.signum is not None:
+            raise SweepInterrupted(self.signum)
+
+    def _force(self) -> None:
+        """The stop did not complete in time: write the run states, leave Ray, exit."""
+        assert self.signum is not None
+        say(f"the stop took over {STOP_GRACE_S} s: forcing it")
+        try:
+            if self.on_force is not None:
+                self.on_force(self.signum)
+        finally:
+            _leave_ray(timeout_s=5.0)
+            sys.stderr.flush()
+            os._exit(128 + self.signum)
 
     def install(self) -> None:
         """(Re)install the handlers: ``ray.init`` puts its own fatal SIGTERM handler (a core
@@ -437,8 +470,19 @@ class _Interrupts:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _leave_ray(timeout_s: float) -> None:
+    """``ray.shutdown()`` in a thread, waited for at most ``timeout_s`` seconds."""
+    import ray
+
+    done = threading.Thread(target=ray.shutdown, daemon=True)
+    done.start()
+    done.join(timeout_s)
 
 
 def resume_module(study: str) -> str:
@@ -507,6 +551,13 @@ class _Sweep:
     reused: list[bool] = field(default_factory=list)  # per model: its baseline came from cache
     dense_totals: list[float] = field(default_factory=list)  # parameters of each dense model
     scheduler: MOASHAScheduler | None = None  # early stopping, if the sweep uses it
+    interrupts: _Interrupts | None = None  # the driver's signal handling, for its safe points
+
+    def progress(self, msg: str) -> None:
+        """A progress line, and a safe point to stop at (after a dense epoch, a latency)."""
+        say(msg)
+        if self.interrupts is not None:
+            self.interrupts.check()
 
 
 def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
@@ -519,14 +570,19 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
     """
     sweep = _prepare(spec, study)
     with _Interrupts() as interrupts, _ray_session(sweep, interrupts):
+        interrupts.check()
         _open_parent_run(sweep)
+        interrupts.on_force = functools.partial(_force_states, sweep)
+        sweep.interrupts = interrupts
         status = "FAILED"
         try:
             _log_settings(sweep)
             _train_baselines(sweep)
+            interrupts.check()
             tuner = _make_tuner(sweep)
             _fit(tuner, interrupts)
             outcome = _finish(sweep)
+            interrupts.check()
             status = "FINISHED"
             return outcome
         except KeyboardInterrupt as err:
@@ -573,13 +629,36 @@ def _ray_session(sweep: _Sweep, interrupts: _Interrupts) -> Iterator[None]:
     share), and leave it at the end if this call joined."""
     import ray
 
-    connected, sweep.spec = _init_ray(sweep.spec, sweep.target)
+    with _ray_keeps_our_sigterm():
+        connected, sweep.spec = _init_ray(sweep.spec, sweep.target)
     interrupts.install()
     try:
         yield
     finally:
         if connected:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_keeps_our_sigterm() -> Iterator[None]:
+    """Keep the driver's SIGTERM handler while ``ray.init`` runs: Ray puts ``sys.exit(signum)``
+    in its place first (``ray._private.utils.set_sigterm_handler``), so a SIGTERM while Ray
+    starts ended the driver with status 15 and no word. Without that private function (another
+    Ray), Ray's handler stands until ``_Interrupts.install`` runs again after the start."""
+    try:
+        from ray._private import utils
+    except ImportError:
+        yield
+        return
+    original = getattr(utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = original
 
 
 def _open_parent_run(sweep: _Sweep) -> None:
@@ -643,6 +722,17 @@ def _log_settings(sweep: _Sweep) -> None:
         log_params(sweep.client, sweep.parent_id, settings)
 
 
+def _force_states(sweep: _Sweep, signum: int) -> None:
+    """The run states of a forced stop: unfinished children and the parent KILLED, and the
+    command that resumes the sweep."""
+    name = signal.Signals(signum).name
+    end_unfinished_children(sweep.client, sweep.experiment_id, sweep.parent_id, "KILLED",
+                            {"killed_by": name})  # fmt: skip
+    sweep.client.set_terminated(sweep.parent_id, "KILLED")
+    print(f"interrupted by {name}; continue the sweep with:\n  "
+          f"{resume_command(sweep.spec, sweep.sweep_name)}", file=sys.stderr)  # fmt: skip
+
+
 def _interrupted(sweep: _Sweep, err: BaseException, interrupts: _Interrupts) -> SweepInterrupted:
     """Mark every unfinished child run KILLED; the ``SweepInterrupted`` to raise, with the
     command that resumes the sweep."""
@@ -686,7 +776,7 @@ def _train_baseline(sweep: _Sweep, model: str, device_data: Any) -> float:
     origin = f"checkpoint {spec.init_checkpoint}" if spec.init_checkpoint else (
         f"{spec.baseline_epochs} epochs")  # fmt: skip
     say(f"dense {model} {cfg.baseline_hash()}: {origin}")
-    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=say,
+    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=sweep.progress,
                                checkpoint=spec.init_checkpoint)  # fmt: skip
     source = "cache" if b.reused else ("checkpoint" if spec.init_checkpoint else "trained")
     say(f"dense {model} {source}: test accuracy {b.test_accuracy:.4f} ({b.path})")
@@ -915,7 +1005,7 @@ def _retimed_children(sweep: _Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
         data = sweep.data
         example = data.normalize(data.x_test[:LATENCY_BATCH])
         remeasure_latency(sweep.client, finished, example, data.in_channels, data.num_classes,
-                          data.image_size, log=say)  # fmt: skip
+                          data.image_size, log=sweep.progress)  # fmt: skip
         children, finished = _children(sweep)
     return children, finished
 
