@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -79,6 +80,9 @@ COST_AWARE_SAMPLERS = ("tpe", "gp")
 LATENCY_BATCH = 64
 # A dense baseline at most this far above chance accuracy (fraction) stops the sweep.
 CHANCE_MARGIN = 0.02
+# OSError numbers that mean "the storage refused the write" (full, read-only, no permission,
+# quota): the sweep then ends FAILED with failure=storage, in one line, and can be resumed.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
 # Seconds after the first SIGINT/SIGTERM by which the sweep has stopped, or is stopped by force
 # (the run states written first): within the 30 s a supervisor usually waits before SIGKILL.
 STOP_GRACE_S = 20.0
@@ -399,6 +403,19 @@ class SweepInterrupted(KeyboardInterrupt):
         self.resume: str | None = None  # the command that continues the sweep, once it exists
 
 
+class StorageFailed(Exception):
+    """A write failed for want of space or permission; one line naming the path and the error,
+    and the command that continues the sweep once the storage is back."""
+
+    def __init__(self, sweep: _Sweep, err: OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        super().__init__(
+            f"storage: {where}{err.strerror or err} (errno {err.errno}); what was logged is "
+            f"kept: free space or pick a writable folder, then "
+            f"{resume_command(sweep.spec, sweep.sweep_name)}"
+        )
+
+
 class BaselineNotLearned(UsageError):
     """The dense baseline is within ``CHANCE_MARGIN`` of chance: pruning it would mean nothing."""
 
@@ -592,6 +609,12 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
         except BaselineNotLearned:
             sweep.client.set_tag(sweep.parent_id, "failure", "baseline_not_learned")
             raise
+        except OSError as err:
+            if err.errno not in STORAGE_ERRNOS:
+                raise
+            sweep.client.set_tag(sweep.parent_id, "failure", "storage")
+            sweep.client.set_tag(sweep.parent_id, "error", first_line(err))
+            raise StorageFailed(sweep, err) from None
         finally:
             sweep.client.set_terminated(sweep.parent_id, status)
 
@@ -823,27 +846,36 @@ def _make_tuner(sweep: _Sweep) -> Any:
         f"{spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
         f"MLflow experiment {spec.experiment!r}, parent run {sweep.parent_id}"
     )
+
+    def fresh() -> Any:
+        return tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune_config,
+            run_config=tune.RunConfig(
+                name=sweep.sweep_name,
+                storage_path=spec.storage_path,
+                verbose=1,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                # Tune copies its experiment state to storage_path at most this often (default
+                # 300 s): that copy is what --resume restores
+                sync_config=tune.SyncConfig(sync_period=TUNE_CHECKPOINT_S),
+                callbacks=[TrialEndCallback(context)],
+            ),
+        )
+
     if sweep.resumed is not None:
-        return _restored_tuner(sweep, trainable, param_space)
-    return tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune_config,
-        run_config=tune.RunConfig(
-            name=sweep.sweep_name,
-            storage_path=spec.storage_path,
-            verbose=1,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            # Tune copies its experiment state to storage_path at most this often (default
-            # 300 s): that copy is what --resume restores
-            sync_config=tune.SyncConfig(sync_period=TUNE_CHECKPOINT_S),
-            callbacks=[TrialEndCallback(context)],
-        ),
-    )
+        return _restored_tuner(sweep, trainable, param_space, fresh)
+    return fresh()
 
 
-def _restored_tuner(sweep: _Sweep, trainable: Any, param_space: dict | None) -> Any:
-    """--resume: the stopped sweep's ``Tuner`` from its saved state (its searcher's included)."""
+def _restored_tuner(
+    sweep: _Sweep, trainable: Any, param_space: dict | None, fresh: Callable[[], Any]
+) -> Any:
+    """--resume: the stopped sweep's ``Tuner`` from its saved state (its searcher's included).
+    A state that cannot be read (a crash mid-write truncates it: Ray Tune then fails on restore)
+    is moved aside in one line and the sweep goes on with a new ``Tuner`` (``fresh``) from what
+    MLflow holds: a recipe that has a FINISHED run is reused, not run again (``sweeps.trial``)."""
     from ray import tune
 
     spec = sweep.spec
@@ -853,11 +885,23 @@ def _restored_tuner(sweep: _Sweep, trainable: Any, param_space: dict | None) -> 
             f"--resume {spec.resume}: no Ray Tune state in {tune_path}; on a "
             "cluster, --storage-path must be storage every node shares (NFS)"
         )
-    # finished trials stay finished; trials that were running run again
-    return tune.Tuner.restore(
-        tune_path, trainable, resume_unfinished=True, resume_errored=False,
-        restart_errored=False, param_space=param_space,
-    )  # fmt: skip
+    try:
+        # finished trials stay finished; trials that were running run again
+        return tune.Tuner.restore(
+            tune_path, trainable, resume_unfinished=True, resume_errored=False,
+            restart_errored=False, param_space=param_space,
+        )  # fmt: skip
+    except Exception as err:  # EOFError, pickle, JSON and Tune's own errors on a broken state
+        if "://" in tune_path:  # a remote storage path is not ours to move
+            raise UsageError(f"--resume {spec.resume}: Ray Tune's state in {tune_path} is "
+                             f"unreadable ({first_line(err)})") from None  # fmt: skip
+        aside = f"{tune_path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(tune_path, aside)
+        say(
+            f"Ray Tune's saved state in {tune_path} is unreadable ({first_line(err)}); moved "
+            f"to {aside}; continuing from what MLflow holds (finished recipes are reused)"
+        )
+        return fresh()
 
 
 def _scheduler(sweep: _Sweep) -> MOASHAScheduler | None:
@@ -1137,6 +1181,9 @@ def main(study: Study, argv: list[str] | None = None) -> int:
     except (UsageError, TrackingError, DatasetUnavailable) as err:
         print(f"{study.command}: error: {err}", file=sys.stderr)
         return 2
+    except StorageFailed as err:
+        print(f"{study.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)
         resume = getattr(err, "resume", None)
