@@ -96,9 +96,11 @@ def read_cached(path: str, cfg: ExperimentConfig) -> Baseline:
     try:
         blob = load_state(path)
     except Exception as err:  # torch raises RuntimeError, EOFError, pickle/zip errors, ...
-        text = str(err).strip().splitlines()
-        reason = text[0][:160] if text else type(err).__name__
-        raise UnreadableCache(f"{type(err).__name__}: {reason}") from None
+        # torch's own text for random bytes advises weights_only=False, wrong for a cache file
+        # (and runs to many lines): say what it is, in one line
+        raise UnreadableCache(
+            f"{type(err).__name__}: not a complete PyTorch file (truncated or overwritten)"
+        ) from None
     if not isinstance(blob, dict) or not {"state", "test_accuracy"} <= set(blob):
         raise UnreadableCache("not a baseline file (no state or test_accuracy)")
     if blob.get("key", cfg.baseline_key()) != cfg.baseline_key():

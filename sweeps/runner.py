@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -997,10 +998,23 @@ def _search(sweep: _Sweep) -> tuple[Any, None]:
 # --- fit ----------------------------------------------------------------------------------------
 
 
+class _WithoutTuneRestoreHint(logging.Filter):
+    """Drops Ray Tune's "Resume experiment with: Tuner.restore(...)" after an interrupt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resume experiment with" not in record.getMessage()
+
+
 def _fit(tuner: Any, interrupts: _Interrupts) -> None:
     """Run the trials; a SIGINT/SIGTERM meanwhile stops them and raises ``SweepInterrupted``."""
     interrupts.in_tune = True
-    tuner.fit()
+    tune_log = logging.getLogger("ray.tune.tune")
+    hint = _WithoutTuneRestoreHint()
+    tune_log.addFilter(hint)  # the sweep prints its own --resume command: one instruction
+    try:
+        tuner.fit()
+    finally:
+        tune_log.removeFilter(hint)
     interrupts.in_tune = False
     if interrupts.signum is not None:
         raise SweepInterrupted(interrupts.signum)

@@ -234,6 +234,9 @@ def test_raising_and_diverging_trials_fail_alone(tmp_path, ray_tmpdir, monkeypat
     assert main(STUDY, args) == 1
     err = capsys.readouterr().err
     assert sum("is unreadable" in line for line in err.splitlines()) == 1
+    # one whole sentence, without torch's weights_only advice (wrong for a cache file)
+    assert "not a complete PyTorch file (truncated or overwritten)" in err
+    assert "weights_only" not in err
     parents, children = runs_of(tmp_path)
     assert parents["status"].iloc[0] == "FINISHED"
     assert parents["tags.baseline_source"].iloc[0] == "trained"
