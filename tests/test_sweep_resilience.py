@@ -295,9 +295,20 @@ def test_two_sweeps_share_one_store_and_one_baseline(tmp_path, ray_tmpdir):
 
 
 @pytest.mark.slow
-def test_baseline_at_chance_stops_before_any_trial(tmp_path, ray_tmpdir, capsys):
-    # 0 epochs: the untrained CNN guesses; 10 classes, chance 0.1
-    code = main(STUDY, sweep_args(tmp_path, "--baseline-epochs", "0", "--num-samples", "2"))
+def test_baseline_at_chance_stops_before_any_trial(tmp_path, ray_tmpdir, capsys, monkeypatch):
+    # a baseline that guesses: 10 classes, chance 0.1 (0 epochs, which made one, is refused
+    # now before anything is written, so its accuracy is set to a guess's here)
+    import dataclasses
+
+    import sweeps.runner
+
+    real = sweeps.runner.load_or_train_baseline
+
+    def guessing(*args, **kwargs):
+        return dataclasses.replace(real(*args, **kwargs), test_accuracy=0.105)
+
+    monkeypatch.setattr(sweeps.runner, "load_or_train_baseline", guessing)
+    code = main(STUDY, sweep_args(tmp_path, "--baseline-epochs", "1", "--num-samples", "2"))
     err = capsys.readouterr().err
     assert code == 2
     lines = [line for line in err.splitlines() if "error:" in line]
