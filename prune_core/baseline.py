@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoint import cpu_state_dict, load_state, save_state
+from .checkpoint import cpu_state_dict, load_into, load_state, read_state_dict, save_state
 from .config import ExperimentConfig
 from .data import TensorData
-from .experiment import train_dense
+from .experiment import model_for, train_dense
+from .train import evaluate
 
 # How often a process waiting for another one's baseline says that it is still waiting (seconds).
 WAIT_NOTICE_S = 30.0
@@ -39,8 +41,19 @@ class Baseline:
 
 
 def baseline_path(cache_dir: str, cfg: ExperimentConfig) -> str:
-    """Cache file of the baseline of ``cfg``: ``<cache_dir>/<dataset>-<model>-<hash>.pt``."""
-    return os.path.join(cache_dir, f"{cfg.data.dataset}-{cfg.model.name}-{cfg.baseline_hash()}.pt")
+    """Cache file of the baseline of ``cfg``: ``<cache_dir>/<dataset>-<model>-<hash>.pt``, a
+    source's name shortened to its last part (``imagefolder:/data/pets`` -> ``imagefolder_pets``,
+    ``torchvision:resnet50`` -> ``torchvision_resnet50``): the hash alone tells entries apart."""
+    dataset, model = _file_part(cfg.data.dataset), _file_part(cfg.model.name)
+    return os.path.join(cache_dir, f"{dataset}-{model}-{cfg.baseline_hash()}.pt")
+
+
+def _file_part(name: str) -> str:
+    """``name`` as a file-name part: a source's kind and the last part of its value."""
+    kind, sep, value = name.partition(":")
+    if sep:
+        name = f"{kind}_{os.path.basename(value.rstrip('/')) or 'root'}"
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in name)
 
 
 @contextlib.contextmanager
@@ -83,9 +96,11 @@ def read_cached(path: str, cfg: ExperimentConfig) -> Baseline:
     try:
         blob = load_state(path)
     except Exception as err:  # torch raises RuntimeError, EOFError, pickle/zip errors, ...
-        text = str(err).strip().splitlines()
-        reason = text[0][:160] if text else type(err).__name__
-        raise UnreadableCache(f"{type(err).__name__}: {reason}") from None
+        # torch's own text for random bytes advises weights_only=False, wrong for a cache file
+        # (and runs to many lines): say what it is, in one line
+        raise UnreadableCache(
+            f"{type(err).__name__}: not a complete PyTorch file (truncated or overwritten)"
+        ) from None
     if not isinstance(blob, dict) or not {"state", "test_accuracy"} <= set(blob):
         raise UnreadableCache("not a baseline file (no state or test_accuracy)")
     if blob.get("key", cfg.baseline_key()) != cfg.baseline_key():
@@ -100,23 +115,50 @@ def load_or_train_baseline(
     data: TensorData,
     cache_dir: str | None,
     log: Callable[[str], None] | None = None,
+    checkpoint: str | None = None,
 ) -> Baseline:
-    """Read the baseline of ``cfg`` from ``cache_dir``, or train it and write it there.
+    """Read the baseline of ``cfg`` from ``cache_dir``, or make it and write it there: train it,
+    or, with ``checkpoint`` (a state dict whose ``file_sha256`` is ``cfg.train.init_checkpoint``),
+    load and evaluate those weights (no training).
 
-    With a cache, the check-train-write sequence runs under the entry's lock, so two sweeps that
-    start together train it once; an unreadable entry is reported through ``log`` and retrained.
+    With a cache, the check-make-write sequence runs under the entry's lock, so two sweeps that
+    start together make it once; an unreadable entry is reported through ``log`` and made again.
     """
     path = baseline_path(cache_dir, cfg) if cache_dir else None
+    if checkpoint is not None:
+        make = functools.partial(_from_checkpoint, checkpoint=checkpoint)
+    else:
+        make = _train
     if path is None:
-        return _train(cfg, data, None, log)
+        return make(cfg, data, None, log)
     with exclusive_lock(path + ".lock", log):
         if os.path.exists(path):
             try:
                 return read_cached(path, cfg)
             except UnreadableCache as err:
                 if log is not None:
-                    log(f"cached baseline {path} is unreadable ({err}); training it again")
-        return _train(cfg, data, path, log)
+                    log(f"cached baseline {path} is unreadable ({err}); making it again")
+        return make(cfg, data, path, log)
+
+
+def _from_checkpoint(
+    cfg: ExperimentConfig,
+    data: TensorData,
+    path: str | None,
+    log: Callable[[str], None] | None,
+    checkpoint: str,
+) -> Baseline:
+    """The baseline of ``cfg`` from the weights in ``checkpoint``, evaluated on ``data``."""
+    start = time.perf_counter()
+    model = model_for(cfg, data)
+    load_into(model, read_state_dict(checkpoint), checkpoint)
+    acc = evaluate(model, data)
+    if log is not None:
+        log(f"dense baseline from checkpoint {checkpoint}: test accuracy {acc:.4f} (not trained)")
+    state = cpu_state_dict(model)
+    if path:
+        save_state({"state": state, "test_accuracy": acc, "key": cfg.baseline_key()}, path)
+    return Baseline(state, acc, cfg.baseline_hash(), path, False, {}, time.perf_counter() - start)
 
 
 def _train(

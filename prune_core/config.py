@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,16 +31,24 @@ class DataConfig:
     root: str = "data"  # folder torchvision datasets are read from / downloaded into
     download: bool = True
     batch_size: int = 128
+    image_size: int = 0  # image sources (imagefolder:DIR ...): resize to this square (0: as is)
+    # per-channel (mean, std) replacing the training split's (a checkpoint's statistics)
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self):
         _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.image_size >= 0, "data.image_size", self.image_size, "an integer >= 1")
+        if self.normalize is not None:  # JSON and callers give lists: keep it hashable
+            object.__setattr__(self, "normalize", tuple(tuple(v) for v in self.normalize))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which architecture to build (from the model registry)."""
+    """Which architecture to build: a registered name or a source (``torchvision:NAME``,
+    ``package.module:function``; ``weights`` goes to torchvision)."""
 
     name: str = "resnet18"
+    weights: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,9 @@ class TrainConfig:
     rewind_epochs: tuple[int, ...] = ()
     # torch.compile the training forward (CUDA graphs on CUDA); falls back to eager on failure
     compile: bool = False
+    # "sha256:<hex>" of a checkpoint that IS the dense baseline (evaluated, not trained): the
+    # content names the baseline, wherever the file lies
+    init_checkpoint: str = ""
 
     def __post_init__(self):
         _check(self.epochs >= 0, "train.epochs", self.epochs, "an integer >= 0")
@@ -65,7 +77,7 @@ class TrainConfig:
             self.rewind_epochs,
             f"epochs between 0 and train.epochs={self.epochs}",
         )
-        _check(self.lr > 0, "train.lr", self.lr, "a float > 0")
+        _check(0 < self.lr < math.inf, "train.lr", self.lr, "a finite float > 0")
         _check(self.optimizer in ("sgd", "adam"), "train.optimizer", self.optimizer, "sgd, adam")
         _check(0 <= self.momentum < 1, "train.momentum", self.momentum, "0 <= momentum < 1")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a float >= 0")
@@ -169,7 +181,7 @@ class PruneConfig:
             self.finetune_epochs,
             "an integer >= 0",
         )
-        _check(self.lr > 0, "prune.lr", self.lr, "a float > 0")
+        _check(0 < self.lr < math.inf, "prune.lr", self.lr, "a finite float > 0")
         if self.schedule == "oneshot":
             _check(self.iterations == 1, "prune.iterations", self.iterations, "1 for oneshot")
 
@@ -255,7 +267,7 @@ class ExperimentConfig:
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
         """Inverse of ``to_dict``; missing sections and fields take their defaults."""
         return cls(
-            data=DataConfig(**d.get("data", {})),
+            data=DataConfig(**_tuples(d.get("data", {}))),
             model=ModelConfig(**d.get("model", {})),
             train=TrainConfig(**_tuples(d.get("train", {}))),
             prune=PruneConfig(**_tuples(d.get("prune", {}))),

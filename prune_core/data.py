@@ -107,10 +107,35 @@ def random_crop_flip(
     return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
 
 
-def load_dataset(name: str, root: str = "data", download: bool = True, seed: int = 0) -> TensorData:
-    """Load a registered dataset onto the CPU (move it with ``.to(device)``)."""
-    loader = DATASETS.get(name)
-    return loader(root=root, download=download, seed=seed)
+def load_dataset(
+    name: str,
+    root: str = "data",
+    download: bool = True,
+    seed: int = 0,
+    image_size: int = 0,
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> TensorData:
+    """Load a dataset onto the CPU (move it with ``.to(device)``): a registered name, or a source
+    (``imagefolder:DIR``, ``package.module:function``; see ``prune_core.sources``) with its
+    images resized to ``image_size`` (0: as they are). ``normalize`` = (mean, std) per channel
+    replaces the training split's statistics (those a checkpoint was trained with)."""
+    if ":" in name:
+        from .sources import load_data_source
+
+        data = load_data_source(name, image_size)
+    else:
+        data = DATASETS.get(name)(root=root, download=download, seed=seed)
+    if normalize is not None:
+        mean, std = (tuple(float(v) for v in values) for values in normalize)
+        if len(mean) == len(std) == 1:  # one value for every channel
+            mean, std = mean * data.in_channels, std * data.in_channels
+        if len(mean) != data.in_channels or len(std) != data.in_channels:
+            raise ValueError(
+                f"normalize {mean}/{std}: give one mean and one std per channel "
+                f"({data.in_channels} for dataset {name})"
+            )
+        data = TensorData(**{**data.__dict__, "mean": mean, "std": std})
+    return data
 
 
 @DATASETS.register("digits")

@@ -20,7 +20,7 @@ from .data import TensorData
 from .methods import get_method
 from .metrics import count_parameters, layer_sparsity
 from .models import build_model
-from .pruning import PruneTarget, make_permanent, prunable_targets, prune_step
+from .pruning import PruneTarget, left_out, make_permanent, prunable_targets, prune_step
 from .schedules import sparsity_schedule
 from .train import evaluate, train_epochs
 
@@ -36,7 +36,9 @@ def seed_everything(seed: int) -> None:
 
 def model_for(cfg: ExperimentConfig, data: TensorData) -> nn.Module:
     """A fresh model of ``cfg.model.name`` adapted to ``data``, on ``data``'s device."""
-    model = build_model(cfg.model.name, data.in_channels, data.num_classes, data.image_size)
+    model = build_model(
+        cfg.model.name, data.in_channels, data.num_classes, data.image_size, cfg.model.weights
+    )
     return model.to(data.device)
 
 
@@ -88,13 +90,28 @@ class PruneResult:
         return self.dense["test_accuracy"]
 
 
-def select_targets(model: nn.Module, cfg: ExperimentConfig) -> list[PruneTarget]:
-    """The prunable tensors of ``model`` under ``cfg.prune`` (bias, first/last, layer list)."""
+def select_targets(
+    model: nn.Module,
+    cfg: ExperimentConfig,
+    example: torch.Tensor | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[PruneTarget]:
+    """The prunable tensors of ``model`` under ``cfg.prune`` (bias, first/last, layer list).
+
+    With an ``example`` batch the input and output layers (``exclude_first``, ``exclude_last``
+    and a method that protects the classifier) are found from the traced graph, so any
+    ``nn.Module`` works; without one, by position (right for the registered models). ``log``, if
+    given, gets one line when more than normalisation layers is not prunable (e.g. a ViT's
+    attention ``in_proj_weight``): how many parameters, which, and which layers the recipe keeps
+    dense.
+    """
     p = cfg.prune
     # removing a channel needs its bias zero too, so removal prunes biases with their filters
     include_bias = p.include_bias or p.remove_channels
     exclude_last = p.exclude_last or get_method(p.method).protects_classifier
-    targets = prunable_targets(model, include_bias, p.exclude_first, exclude_last)
+    # the trace needs the graph only, not the statistics: two samples are enough
+    trace = example[:2] if example is not None else None
+    targets = prunable_targets(model, include_bias, p.exclude_first, exclude_last, trace)
     if p.layers:
         wanted = {name.removesuffix(".weight") for name in p.layers}
         targets = [t for t in targets if t.path.rsplit(".", 1)[0] in wanted]
@@ -104,7 +121,20 @@ def select_targets(model: nn.Module, cfg: ExperimentConfig) -> list[PruneTarget]
                 f"prune.layers {sorted(wanted - found)} are not prunable layers of "
                 f"{cfg.model.name}; allowed: {', '.join(sorted(found | _layer_names(model)))}"
             )
+    if log is not None and left_out(model).notable:
+        log(_left_out_line(model, targets))
     return targets
+
+
+def _left_out_line(model: nn.Module, targets: list[PruneTarget]) -> str:
+    """One line: the parameters outside conv/linear layers, and the conv/linear layers that are
+    not targets (kept dense by the recipe: first/last, classifier, layer list)."""
+    chosen = {t.path.rsplit(".", 1)[0] for t in targets}
+    dense = sorted(_layer_names(model) - chosen)
+    line = f"prunable set: {len(chosen)} conv/linear layers; " + left_out(model).message()
+    if dense:
+        line += f"; kept dense by the recipe: {', '.join(dense)}"
+    return line
 
 
 def _layer_names(model: nn.Module) -> set[str]:
@@ -209,7 +239,7 @@ def run_pruning(
     example = data.normalize(data.x_test[:64])  # batch for FLOPs, latency, dependency graphs
     dense = _dense_metrics(model, data, example, dense_test_accuracy, measure)
     rewind_state = _rewind_state(p, rewind_states)
-    targets = select_targets(model, cfg)
+    targets = select_targets(model, cfg, example, log)
     prunable_total = sum(x.numel() for x in targets)
     options = method_options(cfg, model, example, targets)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -291,7 +321,7 @@ def _remove_channels(
     make_permanent(model)
     model = remove_pruned_channels(model, example)
     recalibrate_batch_norm(model, data, cfg.data.batch_size)
-    return model, select_targets(model, cfg)
+    return model, select_targets(model, cfg, example)
 
 
 def retrain(

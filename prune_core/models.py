@@ -11,11 +11,20 @@ from .registry import Registry
 MODELS: Registry = Registry("model")
 
 
-def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """Build the registered model ``name`` for (in_channels, image_size, image_size) inputs.
+def build_model(
+    name: str, in_channels: int, num_classes: int, image_size: int, weights: str = ""
+) -> nn.Module:
+    """Build the model ``name`` for (in_channels, image_size, image_size) inputs: a registered
+    name, or a source (``torchvision:NAME``, ``package.module:function``; ``weights`` goes to
+    torchvision), see ``prune_core.sources``.
 
-    Raises KeyError listing the registered names if ``name`` is unknown.
+    Raises KeyError listing the registered names if ``name`` is unknown, ``SourceError`` (one
+    line) for a source that cannot be built.
     """
+    if ":" in name:
+        from .sources import build_model_source
+
+        return build_model_source(name, in_channels, num_classes, image_size, weights)
     return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
 
 

@@ -27,6 +27,14 @@ class PluginError(ValueError):
     """A plugin that cannot be loaded; the message is one line naming it and why."""
 
 
+def split_plugin(spec: str) -> tuple[str, str]:
+    """(module name or ``.py`` path, function name or "") of a plugin spec."""
+    target, sep, function = spec.rpartition(":")
+    if sep and target and function.isidentifier():
+        return target, function
+    return spec, ""
+
+
 def load_plugin(spec: str) -> str:
     """Import the plugin ``spec`` (a module name or a ``.py`` file's path, optionally with
     ``:function``) unless this process has it already, then call the function if one is named;
@@ -34,8 +42,8 @@ def load_plugin(spec: str) -> str:
     such function, or raises while importing or in the function."""
     if not spec or not spec.strip():
         raise PluginError(f"plugin {spec!r}: give a module name (mypkg.methods) or a .py file")
-    target, sep, function = spec.rpartition(":")
-    if not (sep and target and function.isidentifier()):
+    target, function = split_plugin(spec)
+    if not function:
         return _import(spec)
     module = sys.modules[_import(target)]
     register = getattr(module, function, None)
@@ -54,6 +62,8 @@ def _import(spec: str) -> str:
         path = os.path.abspath(os.path.expanduser(spec))
         name = os.path.splitext(os.path.basename(path))[0]
         if not os.path.isfile(path):
+            if importlib.util.find_spec(name) is not None:  # shipped to this node by Ray
+                return _import(name)
             raise PluginError(f"plugin {spec!r}: no such file")
         loaded = sys.modules.get(name)
         if loaded is not None and os.path.abspath(getattr(loaded, "__file__", "") or "") == path:
@@ -80,12 +90,10 @@ def absolute(spec: str) -> str:
     """``spec`` with a ``.py`` file's path made absolute (``:function`` kept), so that another
     process loads the same file whatever its working folder (Ray Tune runs each trial in a
     folder of its own); module names are returned as they are."""
-    target, sep, function = spec.rpartition(":")
-    if not (sep and target and function.isidentifier()):
-        target, sep, function = spec, "", ""
+    target, function = split_plugin(spec)
     if target.endswith(".py"):
         target = os.path.abspath(os.path.expanduser(target))
-    return target + sep + function
+    return f"{target}:{function}" if function else target
 
 
 def load_plugins(specs: tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -9,8 +9,10 @@ weights at sparsity ``s`` zeroes ``round(s * n)`` of them, ties broken by positi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +20,9 @@ from torch.nn.utils import prune
 
 from .methods import PRUNING_METHODS, MaskFn, register_method
 
-PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+# ConvTranspose is left out on purpose: its weight is (in, out, ...), so "filter = dim 0" and the
+# N:M layout would both be wrong for it.
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @dataclass(frozen=True)
@@ -50,17 +54,34 @@ def prunable_targets(
     include_bias: bool = False,
     exclude_first: bool = False,
     exclude_last: bool = False,
+    example_input: torch.Tensor | None = None,
 ) -> list[PruneTarget]:
-    """The conv and linear weights of ``model`` (and biases if asked), in module order.
+    """The conv (1d/2d/3d) and linear weights of ``model`` (and biases if asked), in module order.
 
-    ``exclude_first``/``exclude_last`` leave out the first/last conv-or-linear layer, which many
-    papers keep dense because they are small and sensitive.
+    ``exclude_first``/``exclude_last`` leave out the input/output layers, which many papers keep
+    dense because they are small and sensitive. With ``example_input`` they are found from the
+    graph (``layer_roles``: every conv/linear that reads the model input, every one whose output
+    reaches the model output with no other conv/linear in between), so any ``nn.Module`` works;
+    without it, by position (the first/last conv-or-linear in ``named_modules()``), which is
+    right for the project's own models only. Not prunable here: parameters outside conv/linear
+    layers, such as ``nn.MultiheadAttention``'s raw ``in_proj_weight``, embeddings and
+    normalisation layers (see ``left_out``). The attention's ``out_proj`` is a Linear and is
+    prunable; the attention reads ``out_proj.weight`` without calling ``out_proj``, so its mask
+    holds in the forward and in ``masked_update`` training (the project's loop), while a loop
+    that trains through prune's forward hooks would leave it frozen (its hook never runs).
     """
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
-    if exclude_first and layers:
-        layers = layers[1:]
-    if exclude_last and layers:
-        layers = layers[:-1]
+    if example_input is not None and (exclude_first or exclude_last):
+        roles = layer_roles(model, example_input)
+        dropped = set(roles.inputs if exclude_first else ()) | set(
+            roles.outputs if exclude_last else ()
+        )
+        layers = [(name, m) for name, m in layers if name not in dropped]
+    else:
+        if exclude_first and layers:
+            layers = layers[1:]
+        if exclude_last and layers:
+            layers = layers[:-1]
     targets = []
     for name, m in layers:
         prefix = f"{name}." if name else ""
@@ -69,6 +90,169 @@ def prunable_targets(
         if include_bias and has_bias:
             targets.append(PruneTarget(prefix + "bias", m, "bias"))
     return targets
+
+
+@dataclass(frozen=True)
+class LayerRoles:
+    """Module paths of a model's conv/linear layers by their place in the traced graph."""
+
+    inputs: tuple[str, ...]  # read the model input (through parameter-free ops, norms, pools)
+    outputs: tuple[str, ...]  # their output reaches the model output without another layer
+    unused: tuple[str, ...]  # never reached by the trace (not called, or called functionally)
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a (nested) model output: tuples, lists, dicts, dataclasses."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _walk_back(starts: list[Any], is_stop: Callable[[Any], bool]) -> list[Any]:
+    """The autograd nodes that ``is_stop`` accepts and that are reachable from ``starts`` through
+    ``next_functions`` without passing another accepted node."""
+    met, stack, seen = [], [n for n in starts if n is not None], set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if is_stop(node):
+            met.append(node)
+            continue
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return met
+
+
+def layer_roles(model: nn.Module, example_input: torch.Tensor) -> LayerRoles:
+    """Input and output conv/linear layers of ``model``, from one traced forward on
+    ``example_input`` (in eval mode, gradients on, the caller's mode restored).
+
+    Forward hooks record the autograd node of every layer call's output; the model input is made
+    a leaf that requires grad, so the autograd graph shows what reads it. A layer is an input
+    layer if its input's history reaches the model input without passing another layer's output,
+    and an output layer if the walk back from the model's outputs meets it before any other
+    layer. An ``nn.MultiheadAttention`` counts as a layer whose output is its ``out_proj``'s
+    (which it calls functionally, so ``out_proj``'s own hooks never run) and which never reads
+    the input directly (its raw ``in_proj_weight`` comes first). Conv/linear layers the trace
+    never meets are ``unused``. An integer input (token ids) cannot require grad: no conv/linear
+    reads it directly then, and ``inputs`` is empty.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    calls: list[tuple[nn.Module, tuple, Any]] = []  # (layer, its inputs, its output's node)
+
+    def record(module: nn.Module, args: tuple, output: Any) -> None:
+        outs = _tensors(output)
+        node = outs[0].grad_fn if outs else None
+        attention = isinstance(module, nn.MultiheadAttention)
+        # an attention's out_proj reads the attention, not the call's inputs: no inputs for it
+        calls.append((module.out_proj if attention else module, () if attention else args, node))
+
+    hooked = PRUNABLE_TYPES + (nn.MultiheadAttention,)
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, hooked)]
+    was_training = model.training
+    leaf = example_input.detach().clone().requires_grad_(example_input.is_floating_point())
+    try:
+        model.eval()
+        with torch.enable_grad():
+            # a clone, so a model that edits its input in place does not edit a leaf
+            outputs = _tensors(model(leaf.clone()))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+    layer_of = {node: module for module, _, node in calls if node is not None}
+
+    def is_leaf(node: Any) -> bool:
+        return getattr(node, "variable", None) is leaf
+
+    inputs = set()
+    for module, args, _ in calls:
+        starts = [t.grad_fn for t in _tensors(args)]
+        met = _walk_back(starts, lambda n: n in layer_of or is_leaf(n))
+        if any(is_leaf(n) for n in met):
+            inputs.add(names[module])
+    met = _walk_back([t.grad_fn for t in outputs], lambda n: n in layer_of)
+    found = {names[layer_of[n]] for n in met}
+    called = {names[module] for module, _, _ in calls}
+    layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    return LayerRoles(
+        tuple(n for n in layers if n in inputs),
+        tuple(n for n in layers if n in found),
+        tuple(n for n in layers if n not in called),
+    )
+
+
+# Per-channel normalisation layers: their few parameters are never pruned by convention, so
+# leaving them out is not worth a word at run time (``LeftOut.notable``).
+NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """Parameters outside the prunable set's layers, grouped by owner type and name."""
+
+    groups: dict[str, tuple[int, int]]  # "MultiheadAttention in_proj_weight" -> (numel, tensors)
+    norms: frozenset[str] = frozenset()  # the keys of ``groups`` owned by normalisation layers
+
+    @property
+    def numel(self) -> int:
+        """Parameters left out, in all."""
+        return sum(n for n, _ in self.groups.values())
+
+    @property
+    def tensors(self) -> int:
+        """Tensors left out, in all."""
+        return sum(k for _, k in self.groups.values())
+
+    @property
+    def notable(self) -> bool:
+        """True if anything besides normalisation layers is left out (an attention's
+        ``in_proj_weight``, an embedding, a raw ``nn.Parameter``)."""
+        return any(key not in self.norms for key in self.groups)
+
+    def message(self) -> str:
+        """One line: how many parameters are not prunable here, and which (largest first)."""
+        if not self.groups:
+            return "every parameter is in a conv/linear layer"
+        parts = ", ".join(
+            f"{key} ({numel:,} in {count})"
+            for key, (numel, count) in sorted(self.groups.items(), key=lambda kv: -kv[1][0])
+        )
+        return (
+            f"{self.numel:,} parameters in {self.tensors} tensors are not prunable here "
+            f"(not conv/linear weights or biases): {parts}"
+        )
+
+
+def left_out(model: nn.Module) -> LeftOut:
+    """The parameters no target of ``prunable_targets`` can cover: those not owned by a
+    conv/linear layer (e.g. ``nn.MultiheadAttention.in_proj_weight``, normalisation layers,
+    embeddings, a ViT's ``class_token``), grouped as ``"<owner type> <parameter name>"``."""
+    groups: dict[str, tuple[int, int]] = {}
+    norms = set()
+    for module in model.modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            continue
+        for name, param in module.named_parameters(recurse=False):
+            key = f"{type(module).__name__} {name}"
+            numel, count = groups.get(key, (0, 0))
+            groups[key] = (numel + param.numel(), count + 1)
+            if isinstance(module, NORM_TYPES):
+                norms.add(key)
+    return LeftOut(groups, frozenset(norms))
 
 
 def keep_mask_exact(scores: torch.Tensor, n_prune: int) -> torch.Tensor:

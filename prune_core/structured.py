@@ -25,12 +25,14 @@ Typical use::
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from .checkpoint import cpu_state_dict, load_state, save_state
+from .cliutils import first_line
 from .methods import MethodFlag, MethodOption, int_at_least, one_of, register_method
 from .models import build_model
 from .pruning import (
@@ -482,16 +484,19 @@ def _dependency_graph(model: nn.Module, example_input: torch.Tensor):
 
 def _output_layers(graph) -> list[nn.Module]:
     """Conv/linear layers whose output channels reach the model's output without passing through
-    another conv/linear (the classifier, and anything added to its output): never pruned."""
+    another conv/linear (the classifier, and anything added to its output): never pruned. An
+    ``nn.MultiheadAttention`` counts as a layer here too (its ``out_proj`` is a Linear), as in
+    ``pruning.layer_roles``."""
+    layers = PRUNABLE_TYPES + (nn.MultiheadAttention,)
     found = []
     for module, node in graph.module2node.items():
-        if not isinstance(module, PRUNABLE_TYPES):
+        if not isinstance(module, layers):
             continue
         stack, visited = list(node.outputs), set()
         reaches_output = not node.outputs
         while stack and not reaches_output:
             nxt = stack.pop()
-            if id(nxt) in visited or isinstance(nxt.module, PRUNABLE_TYPES):
+            if id(nxt) in visited or isinstance(nxt.module, layers):
                 continue
             visited.add(id(nxt))
             reaches_output = not nxt.outputs
@@ -501,10 +506,78 @@ def _output_layers(graph) -> list[nn.Module]:
     return found
 
 
-def _groups(graph) -> list:
+# Members a removable group may have besides conv/linear layers (whose rows are checked dead):
+# per-channel layers whose parameters go with the channel, and Torch-Pruning's parameter-free ops.
+_PER_CHANNEL = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.PReLU,
+)
+_TP_OPS = ("_ConcatOp", "_ElementWiseOp", "_ExpandOp", "_OutputOp", "_ReshapeOp", "_SliceOp",
+           "_SplitOp", "_UnbindOp")  # fmt: skip
+
+
+def _names(graph) -> dict[Any, str]:
+    """Path of every module and parameter of the traced model (parameters keyed by identity)."""
+    names: dict[Any, str] = {m: n for n, m in graph.model.named_modules()}
+    names.update({p: n for n, p in graph.model.named_parameters()})
+    return names
+
+
+def _blockers(group) -> list[Any]:
+    """The members of a Torch-Pruning group that make its channels unremovable here: modules
+    that are neither conv/linear nor per-channel (an ``nn.MultiheadAttention``, whose raw
+    ``in_proj_weight`` would lose q/k/v rows that are not known to be zero; an embedding; an
+    LSTM), and raw Parameters with more than one non-singleton dim (Torch-Pruning would guess
+    which dim is the channel)."""
+    ops = tuple(getattr(_torch_pruning().ops, name) for name in _TP_OPS)
+    found = []
+    for item in group:
+        member = item.dep.target.module
+        if isinstance(member, nn.Parameter):
+            if sum(size > 1 for size in member.shape) > 1:
+                found.append(member)
+        elif not isinstance(member, PRUNABLE_TYPES + _PER_CHANNEL + ops):
+            found.append(member)
+    return found
+
+
+def _blocked_message(graph, group, blockers: list[Any]) -> str:
+    """One line naming the group's conv/linear layers and the first member (in module order)
+    that blocks their removal."""
+    names = _names(graph)
+    order = {name: i for i, name in enumerate(names.values())}
+
+    def first(paths: list[str]) -> str:
+        paths = sorted(set(paths), key=lambda p: order.get(p, len(order)))
+        more = len(paths) - 1
+        return paths[0] + (f" and {more} more" if more else "")
+
+    layers = [names[item.dep.target.module] for item in _out_pruned_layers(graph, group)]
+    blocker = min(blockers, key=lambda b: order.get(names.get(b, ""), len(order)))
+    if isinstance(blocker, nn.MultiheadAttention):
+        why = "MultiheadAttention: its raw in_proj_weight's q/k/v rows are not prunable here"
+    elif isinstance(blocker, nn.Parameter):
+        why = f"a raw Parameter of shape {tuple(blocker.shape)}, its channel dim ambiguous"
+    else:
+        why = f"{type(blocker).__name__}, not a conv/linear or per-channel layer"
+    return (
+        f"channels of {first(layers or ['?'])} cannot be removed: Torch-Pruning would also cut "
+        f"{first([names.get(b, '?') for b in blockers])} ({why})"
+    )
+
+
+def _all_groups(graph) -> list:
     """Full-index pruning groups rooted at a conv/linear, excluding output-facing layers."""
     return list(graph.get_all_groups(ignored_layers=_output_layers(graph),
                                      root_module_types=PRUNABLE_TYPES))  # fmt: skip
+
+
+def _groups(graph) -> list:
+    """The groups of ``_all_groups`` whose channels can be removed (no ``_blockers``)."""
+    return [group for group in _all_groups(graph) if not _blockers(group)]
 
 
 def _out_pruned_layers(graph, group) -> list:
@@ -523,14 +596,30 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[list[s
     A layer alone in its group (e.g. ``layer1.0.conv1`` in ResNet-18) can lose channels by itself;
     a group of several (e.g. ``conv1``, ``layer1.0.conv2``, ``layer1.1.conv2``: one residual
     stream) only where all members agree, so prune it with ``ln_structured(couple=groups)``.
-    The classifier (any layer whose outputs are the model's outputs) is left out.
+    The classifier (any layer whose outputs are the model's outputs) is left out, and so is every
+    group whose channels cannot be removed (see ``unremovable_channels``: e.g. a ViT's residual
+    stream, tied to its attention's raw ``in_proj_weight``).
     """
     graph = _dependency_graph(model, example_input)
-    names = {module: name for name, module in model.named_modules()}
+    names = _names(graph)
     return [
         [names[item.dep.target.module] for item in _out_pruned_layers(graph, group)]
         for group in _groups(graph)
     ]
+
+
+def unremovable_channels(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """One line per group of tied channels that ``remove_pruned_channels`` will not remove,
+    naming its layers and the member that blocks it (e.g. in ``vit_b_16``: the residual stream
+    of ``conv_proj`` and the MLPs' ``mlp.3``, tied to every ``self_attention``); empty when every
+    group is removable (ResNet, MobileNet)."""
+    graph = _dependency_graph(model, example_input)
+    lines = []
+    for group in _all_groups(graph):
+        blockers = _blockers(group)
+        if blockers:
+            lines.append(_blocked_message(graph, group, blockers))
+    return lines
 
 
 def _dead_rows(layer: nn.Module) -> torch.Tensor:
@@ -570,20 +659,55 @@ def remove_pruned_channels(model: nn.Module, example_input: torch.Tensor) -> nn.
     Rule: a channel is removed only if it is zero in *every* conv/linear of its group (weights and
     bias), i.e. all coupled layers agree; a channel alive in any of them is kept everywhere. If a
     whole group is dead, its first channel is kept so shapes stay valid. Layers whose outputs are
-    the model's outputs (the classifier) never lose outputs.
+    the model's outputs (the classifier) never lose outputs. A group that also holds a member whose
+    part of the channels is not known to be zero (a ViT's residual stream runs through every
+    ``nn.MultiheadAttention``, whose raw ``in_proj_weight`` would lose q/k/v rows) is left whole,
+    with one warning line per group naming that member (``unremovable_channels``). A failure of
+    Torch-Pruning, or a forward that fails afterwards, is a ValueError naming the layer.
 
     Exactness: with no batch norm after the zeroed layers (mlp, cnn, simple_cnn, cifar_cnn, with
     biases pruned alongside their filters as ``ln_structured`` does), a removed channel carried
     only zeros, so outputs are unchanged. A batch norm after a zeroed filter emits its constant
-    shift (``beta - gamma * mean / sqrt(var + eps)``), which removal drops: on ResNet-18 outputs
-    change, so measure accuracy (or fine-tune) again after removal.
+    shift (``beta - gamma * mean / sqrt(var + eps)``), which removal drops, and a layer norm over
+    a stream with a zero channel normalises over one channel more: on ResNet-18 outputs change,
+    so measure accuracy (or fine-tune) again after removal.
     """
     if is_reparametrized(model):
         make_permanent(model)
     graph = _dependency_graph(model, example_input)
-    for root, handler, idxs in _removal_plan(graph):
-        graph.get_pruning_group(root, handler, idxs).prune()
+    names = _names(graph)
+    for group in _all_groups(graph):
+        blockers = _blockers(group)
+        if blockers:
+            warnings.warn(_blocked_message(graph, group, blockers), stacklevel=2)
+    plan = _removal_plan(graph)
+    for root, handler, idxs in plan:
+        try:
+            graph.get_pruning_group(root, handler, idxs).prune()
+        except Exception as err:  # Torch-Pruning's checks are assertions and shape errors
+            raise ValueError(
+                f"Torch-Pruning cannot remove {len(idxs)} channels of {names[root]}: "
+                f"{first_line(err)}"
+            ) from err
+    _check_forward(model, example_input, [names[root] for root, _, _ in plan])
     return model
+
+
+def _check_forward(model: nn.Module, example_input: torch.Tensor, changed: list[str]) -> None:
+    """One forward of the shrunk model (eval mode, two samples); a failure (e.g. a size kept in
+    a plain attribute that Torch-Pruning cannot see) is one ValueError line."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example_input[:2])
+    except Exception as err:
+        raise ValueError(
+            f"after removing channels of {', '.join(changed[:3]) or 'no layer'}"
+            f"{' and more' if len(changed) > 3 else ''} the model's forward fails: "
+            f"{first_line(err)}"
+        ) from err
+    finally:
+        model.train(was_training)
 
 
 # --------------------------------------------------------------------------------------------

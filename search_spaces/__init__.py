@@ -40,6 +40,7 @@ whose choices change between trials); integer and float ranges may differ betwee
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -100,13 +101,21 @@ def _finetune_epochs_high(quick: bool) -> int:
     return 2 if quick else 5
 
 
-def get_space(name: str, quick: bool = False) -> Callable[[Any], dict[str, Any]]:
+def get_space(
+    name: str, quick: bool = False, rewinding: bool = True
+) -> Callable[[Any], dict[str, Any]]:
     """The registered space ``name`` as a one-argument function of an Optuna trial.
 
     ``quick`` narrows the budgets (fine-tune epochs, iterations) to CPU-sized ranges.
+    ``rewinding=False`` keeps a space that can propose weight or learning-rate rewinding to plain
+    fine-tuning: a baseline given as a checkpoint has no dense training to rewind into.
     """
+    space = SPACES.get(name)
+    options: dict[str, Any] = {"quick": quick}
+    if not rewinding and "rewinding" in inspect.signature(space).parameters:
+        options["rewinding"] = False
     # a partial of a module-level function pickles, which Ray Tune needs to checkpoint the searcher
-    return functools.partial(SPACES.get(name), quick=quick)
+    return functools.partial(space, **options)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,9 +165,10 @@ def _finetune(trial: Any, quick: bool) -> None:
     trial.suggest_float("lr", *LR_RANGE, log=True)
 
 
-def _retrain(trial: Any, quick: bool) -> str:
-    """retrain in RETRAIN_CHOICES with its own parameters; returns the mode."""
-    retrain = trial.suggest_categorical("retrain", RETRAIN_CHOICES)
+def _retrain(trial: Any, quick: bool, rewinding: bool = True) -> str:
+    """retrain in RETRAIN_CHOICES (only finetune without ``rewinding``) with its own
+    parameters; returns the mode."""
+    retrain = trial.suggest_categorical("retrain", RETRAIN_CHOICES if rewinding else ("finetune",))
     if retrain == "finetune":
         _finetune(trial, quick)
     elif retrain == "weight_rewind":
@@ -230,7 +240,7 @@ def resnet18_iterative(trial: Any, quick: bool = False) -> dict[str, Any]:
 
 
 @SPACES.register("unstructured")
-def unstructured(trial: Any, quick: bool = False) -> dict[str, Any]:
+def unstructured(trial: Any, quick: bool = False, rewinding: bool = True) -> dict[str, Any]:
     """Unstructured masks for the MNIST studies.
 
     method in UNSTRUCTURED_METHODS; target_sparsity in [0.3, 0.99] (log-density scale); schedule
@@ -241,7 +251,7 @@ def unstructured(trial: Any, quick: bool = False) -> dict[str, Any]:
     trial.suggest_categorical("method", UNSTRUCTURED_METHODS)
     out = _target(trial, UNSTRUCTURED_TARGET)
     _schedule(trial, quick)
-    _retrain(trial, quick)
+    _retrain(trial, quick, rewinding)
     trial.suggest_categorical("include_bias", (False, True))
     return out
 
@@ -269,7 +279,7 @@ def structured(trial: Any, quick: bool = False) -> dict[str, Any]:
 
 
 @SPACES.register("full")
-def full(trial: Any, quick: bool = False) -> dict[str, Any]:
+def full(trial: Any, quick: bool = False, rewinding: bool = True) -> dict[str, Any]:
     """Every method, schedule and retraining mode, with all their conditional parameters.
 
     method in FULL_METHODS (every registered pruning method). target_sparsity as in the family
@@ -286,7 +296,7 @@ def full(trial: Any, quick: bool = False) -> dict[str, Any]:
             trial, STRUCTURED_TARGET if method == "ln_structured" else UNSTRUCTURED_TARGET
         )
         _schedule(trial, quick)
-    retrain = _retrain(trial, quick)
+    retrain = _retrain(trial, quick, rewinding)
     if method == "ln_structured":
         out |= _ln_structured(trial, allow_removal=retrain != "weight_rewind", suggest_bias=True)
     elif method != "nm":

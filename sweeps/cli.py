@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from prune_core.cliutils import OneLineArgumentParser, check_seed, check_writabl
 from prune_core.data import DATASETS
 from prune_core.models import MODELS
 from prune_core.plugins import PluginError, load_plugins
+from prune_core.sources import is_source
 from search_spaces import SPACES
 
 from .analysis import parse_objectives
@@ -23,6 +26,10 @@ from .tracking import DEFAULT_TRACKING_URI
 # (with fewer, each rung holds too few trials to rank).
 EARLY_STOP_CHOICES = ("none", "mo-asha")
 EARLY_STOP_FROM_SAMPLES = 12
+# The largest trial budget and retry count taken: beyond them a typo (an extra digit run) would
+# start a sweep that never ends.
+MAX_SAMPLES = 100_000
+MAX_FAILURES = 100
 
 
 def default_early_stop(num_samples: int, grid: bool) -> str:
@@ -58,6 +65,12 @@ class Study:
     quick_batch_size: int = 64
     # the study's report: runs table -> {CSV name: table}; default: one results.csv
     tables: Callable[[Any], dict[str, Any]] | None = None
+    prog: str = ""  # its command (default ``python -m sweeps.<name>``)
+
+    @property
+    def command(self) -> str:
+        """The command that runs the study, as its messages name it."""
+        return self.prog or f"python -m sweeps.{self.name}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,12 @@ class SweepSpec:
     eta: int = 3  # MO-ASHA keeps the top 1/eta of the trials at each rung
     sampler: str = "tpe"  # one of sweeps.search.SAMPLERS
     plugins: tuple[str, ...] = ()  # modules or .py files loaded in the driver and every trial
+    init_checkpoint: str | None = None  # a state dict that is the dense baseline (absolute path)
+    checkpoint_sha256: str = ""  # "sha256:<hex>" of its content (names the baseline)
+    weights: str = ""  # torchvision:NAME models: weights passed to get_model
+    num_classes: int | None = None  # classes the model must output (checked against the data)
+    image_size: int = 0  # image sources: resize to this square (0: as they are)
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (means, stds)
 
 
 # GPU share per trial by model. One H200 (torch 2.11, batch 128) ran four trials at once at 2.5x
@@ -116,7 +135,7 @@ def default_gpus_per_trial(models: tuple[str, ...], cluster_gpus: float) -> floa
 
 def build_parser(study: Study) -> argparse.ArgumentParser:
     """The flags every sweep shares."""
-    p = OneLineArgumentParser(prog=f"python -m sweeps.{study.name}", description=study.description)
+    p = OneLineArgumentParser(prog=study.command, description=study.description)
     # in three parts, in the order --help lists them
     _add_data_flags(p, study)
     _add_cluster_flags(p)
@@ -129,12 +148,38 @@ def _add_data_flags(p: argparse.ArgumentParser, study: Study) -> None:
     p.add_argument("--quick", action="store_true", help="digits, small budgets: minutes on a CPU")
     p.add_argument("--grid", action="store_true", help="run the study's exact protocol (no search)")
     p.add_argument(
-        "--model", help=f"architecture(s), comma-separated (default {','.join(study.models)})"
+        "--model",
+        help=f"architecture(s), comma-separated: a registered name ({', '.join(MODELS.names())}), "
+        f"torchvision:NAME or package.module:function (default {','.join(study.models)})",
     )
-    p.add_argument("--dataset", help=f"default {study.dataset} ({', '.join(DATASETS.names())})")
+    p.add_argument(
+        "--dataset",
+        help=f"a registered name ({', '.join(DATASETS.names())}), imagefolder:DIR (DIR/train/"
+        f"<class>/, DIR/val/<class>/) or package.module:function (default {study.dataset})",
+    )
     p.add_argument("--data-root", default="data", help="folder for torchvision datasets")
     p.add_argument("--no-download", action="store_true", help="never download datasets")
     p.add_argument("--num-samples", type=int, help="number of trials (recipes)")
+    _add_source_flags(p)
+
+
+def _add_source_flags(p: argparse.ArgumentParser) -> None:
+    """What the user's own model and data need: weights, classes, image size, statistics."""
+    p.add_argument(
+        "--init-checkpoint", metavar="PATH",
+        help="a state dict that IS the dense baseline (loaded with weights_only=True, evaluated, "
+        "not trained); recipes then fine-tune only (no rewinding)",
+    )  # fmt: skip
+    p.add_argument("--weights", help="torchvision:NAME models: weights passed to get_model")
+    p.add_argument("--num-classes", type=int, help="classes the model must output (checked)")
+    p.add_argument(
+        "--image-size", type=int, help="image sources: resize images to this square size"
+    )
+    p.add_argument(
+        "--normalize", metavar="MEAN,STD",
+        help="per-channel statistics the checkpoint was trained with, MEAN,STD for every "
+        "channel or M1,M2,M3/S1,S2,S3 (default: the training split's)",
+    )  # fmt: skip
 
 
 def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
@@ -221,10 +266,22 @@ def _without_resume(argv: list[str]) -> list[str]:
     return out
 
 
+def check_empty_values(args: argparse.Namespace) -> None:
+    """An empty value is a value, not "use the default": ``--sampler ''``, ``--address ''``,
+    ``--results-dir ''`` and the like are refused (one line) instead of silently replaced."""
+    for flag in ("--model", "--dataset", "--sampler", "--address", "--resume", "--results-dir",
+                 "--cache-dir", "--storage-path", "--tracking-uri", "--space", "--data-root",
+                 "--objectives", "--init-checkpoint", "--weights"):  # fmt: skip
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} {value!r}: must not be empty (leave the flag out for the "
+                             "default)")  # fmt: skip
+
+
 def parse_address(address: str | None) -> tuple[str, int] | None:
     """``(host, port)`` of ``--address HOST:PORT``; None for no address, ``auto`` or a Ray client
     URI (``ray://...``). Raises ``UsageError`` for anything else."""
-    if not address or address == "auto" or "://" in address:
+    if address is None or address == "auto" or "://" in address:
         return None
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -246,11 +303,15 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         plugins = load_plugins(args.plugin)
     except PluginError as err:
         raise UsageError(f"--plugin: {err}") from None
-    if args.max_failures < 0:
-        raise UsageError(f"--max-failures {args.max_failures}: must be an integer >= 0")
+    check_empty_values(args)
+    if not 0 <= args.max_failures <= MAX_FAILURES:
+        raise UsageError(
+            f"--max-failures {args.max_failures}: must be an integer 0..{MAX_FAILURES}"
+        )
     if args.eta < 2:
         raise UsageError(f"--eta {args.eta}: must be an integer >= 2 (keep the top 1/eta per rung)")
     dataset, models = _resolve_names(study, args)
+    sources = resolve_sources(args, dataset, models)
     num_samples, epochs = _resolve_budgets(study, args)
     sampler = _resolve_sampler(args, num_samples)
     check_seed("--seed", args.seed, UsageError)
@@ -296,6 +357,7 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         eta=args.eta,
         sampler=sampler,
         plugins=plugins,
+        **sources,
         resume=args.resume,
         argv=tuple(a for a in raw_argv if a is not None),
     )
@@ -304,16 +366,20 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
 def _resolve_names(study: Study, args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:
     """The dataset and models (the study's unless given); ``UsageError`` for a dataset, model or
     space no registry holds."""
-    dataset = args.dataset or ("digits" if args.quick else study.dataset)
-    if dataset not in DATASETS:
+    dataset = study.dataset if args.dataset is None else args.dataset
+    if args.dataset is None and args.quick and not is_source(study.dataset):
+        dataset = "digits"  # the studies' downloads; a study of the user's own data keeps it
+    if dataset not in DATASETS and not is_source(dataset):
         raise UsageError(
-            f"--dataset {dataset!r} is unknown; choose from: {', '.join(DATASETS.names())}"
+            f"--dataset {dataset!r} is unknown; choose from: {', '.join(DATASETS.names())}, "
+            "imagefolder:DIR, package.module:function"
         )
-    models = tuple(args.model.split(",")) if args.model else study.models
+    models = tuple(args.model.split(",")) if args.model is not None else study.models
     for model in models:
-        if model not in MODELS:
+        if model not in MODELS and not is_source(model):
             raise UsageError(
-                f"--model {model!r} is unknown; choose from: {', '.join(MODELS.names())}"
+                f"--model {model!r} is unknown; choose from: {', '.join(MODELS.names())}, "
+                "torchvision:NAME, package.module:function"
             )
     if args.space not in SPACES:
         raise UsageError(
@@ -322,29 +388,88 @@ def _resolve_names(study: Study, args: argparse.Namespace) -> tuple[str, tuple[s
     return dataset, models
 
 
+def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``--normalize``: ``MEAN,STD`` (one value each, for every channel, given as 1-tuples) or
+    ``M1,M2,M3/S1,S2,S3``; ``UsageError`` unless the stds are > 0 and the lists match."""
+    try:
+        if "/" in text:
+            mean_text, _, std_text = text.partition("/")
+            mean = tuple(float(v) for v in mean_text.split(","))
+            std = tuple(float(v) for v in std_text.split(","))
+        else:
+            mean_value, std_value = (float(v) for v in text.split(","))
+            mean, std = (mean_value,), (std_value,)
+    except ValueError:
+        mean, std = (), ()
+    if not mean or len(mean) != len(std) or not all(s > 0 and s < math.inf for s in std):
+        raise UsageError(
+            f"--normalize {text!r}: write MEAN,STD (e.g. 0.5,0.25) or M1,M2,M3/S1,S2,S3, "
+            "with every std > 0"
+        )
+    return mean, std
+
+
+def resolve_sources(args: argparse.Namespace, dataset: str, models: tuple[str, ...]) -> dict:
+    """The SweepSpec fields of the user's model, weights and data, checked as far as they can
+    be without the data (a checkpoint's file, a source's module and function, an image folder's
+    layout); the checks that need the data run when it is loaded (``sweeps.runner``)."""
+    from prune_core.checkpoint import CheckpointError, file_sha256, read_state_dict
+    from prune_core.sources import SourceError, check_data_source, check_model_source
+
+    if args.image_size is not None and args.image_size < 1:
+        raise UsageError(f"--image-size {args.image_size}: must be an integer >= 1")
+    if args.num_classes is not None and args.num_classes < 2:
+        raise UsageError(f"--num-classes {args.num_classes}: must be an integer >= 2")
+    normalize = parse_normalize(args.normalize) if args.normalize is not None else None
+    checks = [("--model", check_model_source, m) for m in models if is_source(m)]
+    if is_source(dataset):
+        checks.append(("--dataset", check_data_source, dataset))
+    checkpoint, digest = None, ""
+    if args.init_checkpoint is not None:
+        checkpoint = os.path.abspath(os.path.expanduser(args.init_checkpoint))
+        checks.append(("--init-checkpoint", read_state_dict, checkpoint))
+    for flag, check, value in checks:
+        try:
+            check(value)
+        except (SourceError, CheckpointError) as err:
+            raise UsageError(f"{flag}: {err}") from None
+    if checkpoint:
+        digest = file_sha256(checkpoint)
+    if checkpoint and len(models) > 1:
+        raise UsageError(f"--init-checkpoint: one checkpoint is one model; got {len(models)} "
+                         f"models ({', '.join(models)})")  # fmt: skip
+    return {
+        "init_checkpoint": checkpoint, "checkpoint_sha256": digest, "weights": args.weights or "",
+        "num_classes": args.num_classes, "image_size": args.image_size or 0,
+        "normalize": normalize,
+    }  # fmt: skip
+
+
 def _resolve_budgets(study: Study, args: argparse.Namespace) -> tuple[int, int]:
     """(trials, dense epochs), the study's (quick) values unless given, after checking them and
     the resources per trial."""
     num_samples = args.num_samples
     if num_samples is None:
         num_samples = study.quick_num_samples if args.quick else study.num_samples
-    if num_samples < 1:
-        raise UsageError(f"--num-samples {num_samples}: must be an integer >= 1")
-    if not args.cpus_per_trial > 0:
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise UsageError(f"--num-samples {num_samples}: must be an integer 1..{MAX_SAMPLES}")
+    if not 0 < args.cpus_per_trial < math.inf:
         raise UsageError(
-            f"--cpus-per-trial {args.cpus_per_trial:g}: must be > 0 (fractions allowed)"
+            f"--cpus-per-trial {args.cpus_per_trial:g}: must be a number > 0 (fractions allowed)"
         )
-    if args.gpus_per_trial is not None and not args.gpus_per_trial >= 0:
+    if args.gpus_per_trial is not None and not 0 <= args.gpus_per_trial < math.inf:
         raise UsageError(
-            f"--gpus-per-trial {args.gpus_per_trial:g}: must be >= 0 (fractions allowed, e.g. 0.25)"
+            f"--gpus-per-trial {args.gpus_per_trial:g}: must be a number >= 0 (fractions "
+            "allowed, e.g. 0.25)"
         )
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent {args.max_concurrent}: must be an integer >= 1")
     epochs = args.baseline_epochs
     if epochs is None:
         epochs = study.quick_baseline_epochs if args.quick else study.baseline_epochs
-    if epochs < 0:
-        raise UsageError(f"--baseline-epochs {epochs}: must be an integer >= 0")
+    if epochs < 1 and args.init_checkpoint is None:  # an untrained baseline prunes noise
+        raise UsageError(f"--baseline-epochs {epochs}: must be an integer >= 1 (or give "
+                         "--init-checkpoint, whose weights are the baseline)")  # fmt: skip
     return num_samples, epochs
 
 
@@ -355,7 +480,7 @@ def _resolve_sampler(args: argparse.Namespace, num_samples: int) -> str:
         parse_objectives(args.objectives)
     except ValueError as err:
         raise UsageError(f"--objectives: {err}") from None
-    sampler = args.sampler or default_sampler(num_samples)
+    sampler = default_sampler(num_samples) if args.sampler is None else args.sampler
     try:
         check_sampler(sampler, len(parse_objectives(args.objectives)))
     except ValueError as err:

@@ -172,13 +172,16 @@ def _parse_reference(text: str, n: int) -> tuple[float, ...] | str:
 
 def _open_store(uri: str) -> str:
     """The tracking URI to read, checked without creating anything: a SQLite file must exist
-    (MLflow would otherwise create an empty store), a server must answer."""
-    from .tracking import TrackingError, resolve_tracking_uri
+    (MLflow would otherwise create an empty store) and be an SQLite database, a server must
+    answer."""
+    from .tracking import TrackingError, check_sqlite_file, resolve_tracking_uri
 
     if uri.startswith("sqlite:///"):
         path = os.path.abspath(os.path.expanduser(uri[len("sqlite:///") :]))
         if not os.path.isfile(path):
             _fail(f"--tracking-uri {uri!r}: no MLflow store at {path}")
+        # random bytes or text would otherwise end in a long SQLAlchemy traceback
+        check_sqlite_file("--tracking-uri", path, UsageError)
         return f"sqlite:///{path}"
     try:
         return resolve_tracking_uri(uri).uri

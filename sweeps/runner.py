@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -19,10 +21,13 @@ from typing import Any
 import pandas as pd
 
 from prune_core.baseline import load_or_train_baseline
+from prune_core.cliutils import first_line
 from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from prune_core.data import DatasetUnavailable, load_dataset
 from prune_core.metrics import count_parameters
 from prune_core.models import build_model
+from prune_core.plugins import split_plugin
+from prune_core.sources import SourceError, is_source
 from prune_core.train import pick_device
 
 from .analysis import (
@@ -39,6 +44,7 @@ from .cli import (
     SweepSpec,
     UsageError,
     build_parser,
+    check_empty_values,
     default_gpus_per_trial,
     new_sweep_name,
     parse_address,
@@ -75,10 +81,21 @@ COST_AWARE_SAMPLERS = ("tpe", "gp")
 LATENCY_BATCH = 64
 # A dense baseline at most this far above chance accuracy (fraction) stops the sweep.
 CHANCE_MARGIN = 0.02
+# OSError numbers that mean "the storage refused the write" (full, read-only, no permission,
+# quota): the sweep then ends FAILED with failure=storage, in one line, and can be resumed.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
+# Seconds after the first SIGINT/SIGTERM by which the sweep has stopped, or is stopped by force
+# (the run states written first): within the 30 s a supervisor usually waits before SIGKILL.
+STOP_GRACE_S = 20.0
 # Ray Tune writes its experiment state (what --resume restores) at least this often (seconds).
 TUNE_CHECKPOINT_S = 5
 # Spaces that may choose weight rewinding: their baselines keep the early weights it needs.
 REWINDING_SPACES = ("unstructured", "full")
+# SweepSpec fields of the user's own model and data, logged as params only where given.
+SOURCE_SETTINGS = ("init_checkpoint", "checkpoint_sha256", "weights", "num_classes",
+                   "image_size", "normalize")  # fmt: skip
+# The study name of ``python -m sweeps`` (the generic sweep of the user's model and data).
+GENERIC_STUDY = "sweep"
 # How long a local Ray may take to start (seconds) unless RAY_START_WAIT_ENV says otherwise.
 # Ray 2.60 waits 30 s for its GCS and 30 s for its raylet to register; on a loaded 2-core
 # machine that ran out and four sweep starts died (issue 25). 120 s covers a loaded machine.
@@ -117,22 +134,71 @@ def say(msg: str) -> None:
 def base_config(spec: SweepSpec, model: str) -> ExperimentConfig:
     """The data/model/training config of ``model``'s dense baseline in this sweep."""
     rewind: tuple[int, ...] = ()
-    if spec.space in REWINDING_SPACES and not spec.grid:
+    if spec.space in REWINDING_SPACES and not spec.grid and not spec.init_checkpoint:
         from search_spaces import REWIND_EPOCHS
 
         rewind = tuple(e for e in REWIND_EPOCHS if e < spec.baseline_epochs)
     return ExperimentConfig(
         data=DataConfig(
             dataset=spec.dataset, root=spec.data_root, download=spec.download,
-            batch_size=spec.batch_size,
+            batch_size=spec.batch_size, image_size=spec.image_size, normalize=spec.normalize,
         ),
-        model=ModelConfig(name=model),
+        model=ModelConfig(name=model, weights=spec.weights),
         train=TrainConfig(
             epochs=spec.baseline_epochs, lr=spec.baseline_lr, optimizer=spec.baseline_optimizer,
             weight_decay=spec.baseline_weight_decay, rewind_epochs=rewind,
+            init_checkpoint=spec.checkpoint_sha256,
         ),
         seed=spec.seed,
     )  # fmt: skip
+
+
+def can_rewind(spec: SweepSpec) -> bool:
+    """Whether the sweep's recipes may rewind: not from a checkpoint (no dense training to
+    rewind into), and only with a dense schedule longer than the latest epoch a space may
+    rewind to (``search_spaces.REWIND_EPOCHS``, ``LR_REWIND_EPOCHS``: rewind_epoch <
+    train.epochs); without it a space proposes fine-tuning recipes only."""
+    from search_spaces import LR_REWIND_EPOCHS, REWIND_EPOCHS
+
+    latest = max(*REWIND_EPOCHS, *LR_REWIND_EPOCHS)
+    return not spec.init_checkpoint and spec.baseline_epochs > latest
+
+
+def check_model_on_data(spec: SweepSpec, data: Any) -> None:
+    """Before any run exists: each model builds for the data's shape, answers one batch with one
+    score per class (``--num-classes``, if given, agreeing with the data), and takes the
+    checkpoint's weights; ``UsageError`` (one line) otherwise."""
+    import torch
+
+    from prune_core.checkpoint import CheckpointError, load_into, read_state_dict
+
+    if spec.num_classes is not None and spec.num_classes != data.num_classes:
+        raise UsageError(f"--num-classes {spec.num_classes}: dataset {spec.dataset} has "
+                         f"{data.num_classes} classes")  # fmt: skip
+    batch = data.normalize(data.x_test[:2])
+    for name in spec.models:
+        try:
+            model = build_model(name, data.in_channels, data.num_classes, data.image_size,
+                                spec.weights)  # fmt: skip
+            if spec.init_checkpoint:
+                load_into(model, read_state_dict(spec.init_checkpoint), spec.init_checkpoint)
+            with torch.no_grad():
+                out = model.eval()(batch)
+        except SourceError as err:
+            raise UsageError(f"--model: {err}") from None
+        except CheckpointError as err:
+            raise UsageError(f"--init-checkpoint: {err} ({name})") from None
+        except Exception as err:  # the model's own forward rejects the data's shape
+            raise UsageError(
+                f"--model {name} rejects the data ({spec.dataset}: images "
+                f"{tuple(batch.shape[1:])}): {first_line(err)}"
+            ) from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UsageError(
+                f"--model {name} answers a batch of 2 with {shape}; a classifier of dataset "
+                f"{spec.dataset} must answer (2, {data.num_classes})"
+            )
 
 
 def _check_resources(spec: SweepSpec, resources: dict[str, float]) -> SweepSpec:
@@ -273,10 +339,14 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpe
     cluster)."""
     import ray
 
-    # every trial, on any node, finds the tracking URI in its environment; Ray's workers read
-    # their niceness from theirs (set per job, so a cluster's other jobs keep their own)
+    # every trial, on any node, finds the tracking URI in its environment, and the user's own
+    # code (sources and plugins that are not installed packages) comes with it; Ray's workers
+    # read their niceness from their environment (set per job, so a cluster's other jobs keep
+    # their own)
     env_vars = {"MLFLOW_TRACKING_URI": tracking.uri, RAY_WORKER_NICENESS_ENV: trial_niceness()}
     runtime_env: dict[str, Any] = {"env_vars": env_vars}
+    if shipped := user_code(spec):
+        runtime_env["py_modules"] = shipped
     if ray.is_initialized():
         connected = False
     elif spec.address:
@@ -286,7 +356,7 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpe
         import sweeps
 
         # ship this project's code to every node, so workers need only the dependencies
-        runtime_env["py_modules"] = [prune_core, search_spaces, sweeps]
+        runtime_env["py_modules"] = [prune_core, search_spaces, sweeps, *shipped]
         try:
             ray.init(
                 address=spec.address, logging_level="WARNING", log_to_driver=True,
@@ -319,6 +389,29 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpe
     return connected, spec
 
 
+def user_code(spec: SweepSpec) -> list[Any]:
+    """What Ray must ship to every node for this sweep's own code to run there: the top-level
+    package (or module) of each ``package.module:function`` source and plugin module, and each
+    plugin ``.py`` file, unless it is installed (site-packages) where the workers find it."""
+    import importlib
+    import sysconfig
+
+    installed = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    names = [s.rpartition(":")[0] for s in (*spec.models, spec.dataset)
+             if is_source(s) and not s.startswith(("torchvision:", "imagefolder:"))]  # fmt: skip
+    files: list[Any] = []
+    for plugin in spec.plugins:
+        target, _ = split_plugin(plugin)
+        (files if target.endswith(".py") else names).append(target)
+    shipped: list[Any] = []
+    for name in dict.fromkeys(n.split(".")[0] for n in names):
+        module = importlib.import_module(name)
+        where = os.path.abspath(getattr(module, "__file__", None) or "")
+        if where and not any(where.startswith(p + os.sep) for p in installed):
+            shipped.append(module)
+    return shipped + list(dict.fromkeys(files))
+
+
 def space_with_models(trial: Any, space: Callable, models: tuple[str, ...]) -> dict[str, Any]:
     """A study with several models lets Optuna pick the model too."""
     trial.suggest_categorical("model", list(models))
@@ -334,33 +427,76 @@ class SweepInterrupted(KeyboardInterrupt):
         self.resume: str | None = None  # the command that continues the sweep, once it exists
 
 
+class StorageFailed(Exception):
+    """A write failed for want of space or permission; one line naming the path and the error,
+    and the command that continues the sweep once the storage is back."""
+
+    def __init__(self, sweep: _Sweep, err: OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        super().__init__(
+            f"storage: {where}{err.strerror or err} (errno {err.errno}); what was logged is "
+            f"kept: free space or pick a writable folder, then "
+            f"{resume_command(sweep.spec, sweep.sweep_name)}"
+        )
+
+
 class BaselineNotLearned(UsageError):
     """The dense baseline is within ``CHANCE_MARGIN`` of chance: pruning it would mean nothing."""
 
 
 class _Interrupts:
-    """SIGINT/SIGTERM handling of a sweep driver.
+    """SIGINT/SIGTERM handling of a sweep driver: a signal is recorded, never thrown into
+    whatever code runs at that instant (an exception raised from a handler lands there, and
+    places such as a garbage-collection callback print and drop it: SIGTERMs were lost so).
 
-    While Ray Tune runs, the first signal asks Tune to stop (its SIGUSR1 handler: it stops the
-    trials and writes its experiment state one last time, within seconds), and the driver then
-    marks what was left unfinished KILLED. Outside Tune, or on a second signal, the handler
-    raises ``SweepInterrupted`` at once.
+    - The first signal is recorded. While Ray Tune runs, it also asks Tune to stop (its SIGUSR1
+      handler: it stops the trials and writes its experiment state one last time); elsewhere
+      the sweep stops at its next safe point (``check``: between phases, after each dense
+      epoch, after Tune's loop).
+    - A second signal raises ``SweepInterrupted`` at once.
+    - A stop not done ``STOP_GRACE_S`` seconds after the first signal is forced: ``on_force``
+      writes the run states (parent and unfinished children KILLED), then Ray is left and the
+      process exits with 128 + the signal's number.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.in_tune = False
+        self.on_force: Callable[[int], None] | None = None  # writes the run states
         self._previous: dict[int, Any] = {}
+        self._watchdog: threading.Timer | None = None
 
     def handle(self, signum: int, _frame: Any) -> None:
-        first = self.signum is None
-        self.signum = self.signum or signum
-        tune_handler = signal.getsignal(signal.SIGUSR1)
-        if first and self.in_tune and callable(tune_handler):
-            say(f"{signal.Signals(signum).name}: stopping the trials (again to stop at once)")
+        """The signal handler (see the class docstring)."""
+        if self.signum is not None:
+            raise SweepInterrupted(self.signum)
+        self.signum = signum
+        name = signal.Signals(signum).name
+        if self.in_tune and callable(signal.getsignal(signal.SIGUSR1)):
+            say(f"{name}: stopping the trials (again to stop at once)")
             signal.raise_signal(signal.SIGUSR1)
-            return
-        raise SweepInterrupted(self.signum)
+        else:
+            say(f"{name}: stopping at the next safe point (again to stop at once)")
+        self._watchdog = threading.Timer(STOP_GRACE_S, self._force)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def check(self) -> None:
+        """A safe point: raise ``SweepInterrupted`` if a signal came."""
+        if self.signum is not None:
+            raise SweepInterrupted(self.signum)
+
+    def _force(self) -> None:
+        """The stop did not complete in time: write the run states, leave Ray, exit."""
+        assert self.signum is not None
+        say(f"the stop took over {STOP_GRACE_S} s: forcing it")
+        try:
+            if self.on_force is not None:
+                self.on_force(self.signum)
+        finally:
+            _leave_ray(timeout_s=5.0)
+            sys.stderr.flush()
+            os._exit(128 + self.signum)
 
     def install(self) -> None:
         """(Re)install the handlers: ``ray.init`` puts its own fatal SIGTERM handler (a core
@@ -375,13 +511,30 @@ class _Interrupts:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
+def _leave_ray(timeout_s: float) -> None:
+    """``ray.shutdown()`` in a thread, waited for at most ``timeout_s`` seconds."""
+    import ray
+
+    done = threading.Thread(target=ray.shutdown, daemon=True)
+    done.start()
+    done.join(timeout_s)
+
+
+def resume_module(study: str) -> str:
+    """The command of ``study``: ``python -m sweeps.<study>``, or ``python -m sweeps`` for the
+    generic sweep of the user's own model and data."""
+    return "python -m sweeps" if study == GENERIC_STUDY else f"python -m sweeps.{study}"
+
+
 def resume_command(spec: SweepSpec, sweep_name: str) -> str:
     """The exact command that continues this sweep (the settings come from its parent run)."""
-    cmd = f"python -m sweeps.{spec.study} --resume {sweep_name}"
+    cmd = f"{resume_module(spec.study)} --resume {sweep_name}"
     if spec.tracking_uri != DEFAULT_TRACKING_URI:
         cmd += f" --tracking-uri {spec.tracking_uri}"
     return cmd
@@ -439,6 +592,13 @@ class _Sweep:
     reused: list[bool] = field(default_factory=list)  # per model: its baseline came from cache
     dense_totals: list[float] = field(default_factory=list)  # parameters of each dense model
     scheduler: MOASHAScheduler | None = None  # early stopping, if the sweep uses it
+    interrupts: _Interrupts | None = None  # the driver's signal handling, for its safe points
+
+    def progress(self, msg: str) -> None:
+        """A progress line, and a safe point to stop at (after a dense epoch, a latency)."""
+        say(msg)
+        if self.interrupts is not None:
+            self.interrupts.check()
 
 
 def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
@@ -451,14 +611,19 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
     """
     sweep = _prepare(spec, study)
     with _Interrupts() as interrupts, _ray_session(sweep, interrupts):
+        interrupts.check()
         _open_parent_run(sweep)
+        interrupts.on_force = functools.partial(_force_states, sweep)
+        sweep.interrupts = interrupts
         status = "FAILED"
         try:
             _log_settings(sweep)
             _train_baselines(sweep)
+            interrupts.check()
             tuner = _make_tuner(sweep)
             _fit(tuner, interrupts)
             outcome = _finish(sweep)
+            interrupts.check()
             status = "FINISHED"
             return outcome
         except KeyboardInterrupt as err:
@@ -468,6 +633,12 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
         except BaselineNotLearned:
             sweep.client.set_tag(sweep.parent_id, "failure", "baseline_not_learned")
             raise
+        except OSError as err:
+            if err.errno not in STORAGE_ERRNOS:
+                raise
+            sweep.client.set_tag(sweep.parent_id, "failure", "storage")
+            sweep.client.set_tag(sweep.parent_id, "error", first_line(err))
+            raise StorageFailed(sweep, err) from None
         finally:
             sweep.client.set_terminated(sweep.parent_id, status)
 
@@ -480,7 +651,16 @@ def _prepare(spec: SweepSpec, study: Study | None) -> _Sweep:
     started = time.perf_counter()
     objectives = parse_objectives(spec.objectives)
     target = resolve_tracking_uri(spec.tracking_uri)
-    data = load_dataset(spec.dataset, root=spec.data_root, download=spec.download, seed=spec.seed)
+    try:
+        data = load_dataset(
+            spec.dataset, root=spec.data_root, download=spec.download, seed=spec.seed,
+            image_size=spec.image_size, normalize=spec.normalize,
+        )  # fmt: skip
+    except SourceError as err:
+        raise UsageError(f"--dataset: {err}") from None
+    except ValueError as err:  # --normalize that does not fit the channels
+        raise UsageError(f"--normalize: {err}") from None
+    check_model_on_data(spec, data)
     say(f"dataset {spec.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # the driver's own handler turns SIGINT into Tune's graceful stop (see _Interrupts)
@@ -496,13 +676,36 @@ def _ray_session(sweep: _Sweep, interrupts: _Interrupts) -> Iterator[None]:
     share), and leave it at the end if this call joined."""
     import ray
 
-    connected, sweep.spec = _init_ray(sweep.spec, sweep.target)
+    with _ray_keeps_our_sigterm():
+        connected, sweep.spec = _init_ray(sweep.spec, sweep.target)
     interrupts.install()
     try:
         yield
     finally:
         if connected:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_keeps_our_sigterm() -> Iterator[None]:
+    """Keep the driver's SIGTERM handler while ``ray.init`` runs: Ray puts ``sys.exit(signum)``
+    in its place first (``ray._private.utils.set_sigterm_handler``), so a SIGTERM while Ray
+    starts ended the driver with status 15 and no word. Without that private function (another
+    Ray), Ray's handler stands until ``_Interrupts.install`` runs again after the start."""
+    try:
+        from ray._private import utils
+    except ImportError:
+        yield
+        return
+    original = getattr(utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = original
 
 
 def _open_parent_run(sweep: _Sweep) -> None:
@@ -553,11 +756,28 @@ def _log_settings(sweep: _Sweep) -> None:
     settings["models"] = ",".join(settings["models"])
     del settings["argv"], settings["resume"]
     settings["plugins"] = ",".join(settings["plugins"])
-    if not settings["plugins"]:  # a param only where plugins were loaded
-        del settings["plugins"]
+    for key in ("plugins", *SOURCE_SETTINGS):  # params only where the user gave them
+        if settings[key] in (None, "", 0):
+            del settings[key]
+    if "normalize" in settings:
+        settings["normalize"] = "/".join(",".join(map(str, v)) for v in settings["normalize"])
+    # the statistics the images were standardised with (the training split's, or --normalize)
+    settings["normalize_mean"] = ",".join(f"{v:.6g}" for v in sweep.data.mean)
+    settings["normalize_std"] = ",".join(f"{v:.6g}" for v in sweep.data.std)
     sweep.settings = settings
     if sweep.resumed is None:
         log_params(sweep.client, sweep.parent_id, settings)
+
+
+def _force_states(sweep: _Sweep, signum: int) -> None:
+    """The run states of a forced stop: unfinished children and the parent KILLED, and the
+    command that resumes the sweep."""
+    name = signal.Signals(signum).name
+    end_unfinished_children(sweep.client, sweep.experiment_id, sweep.parent_id, "KILLED",
+                            {"killed_by": name})  # fmt: skip
+    sweep.client.set_terminated(sweep.parent_id, "KILLED")
+    print(f"interrupted by {name}; continue the sweep with:\n  "
+          f"{resume_command(sweep.spec, sweep.sweep_name)}", file=sys.stderr)  # fmt: skip
 
 
 def _interrupted(sweep: _Sweep, err: BaseException, interrupts: _Interrupts) -> SweepInterrupted:
@@ -586,7 +806,11 @@ def _train_baselines(sweep: _Sweep) -> None:
     baseline_seconds = 0.0
     for model in spec.models:
         baseline_seconds += _train_baseline(sweep, model, device_data)
-    client.set_tag(parent_id, "baseline_source", "cache" if all(sweep.reused) else "trained")
+    if spec.init_checkpoint:  # the given weights, evaluated (or their evaluation, cached)
+        client.set_tag(parent_id, "baseline_source", "checkpoint")
+        client.set_tag(parent_id, "baseline_checkpoint", spec.checkpoint_sha256)
+    else:
+        client.set_tag(parent_id, "baseline_source", "cache" if all(sweep.reused) else "trained")
     client.log_metric(parent_id, "dense_test_accuracy", sweep.accuracies[spec.models[0]])
     client.log_metric(parent_id, "baseline_seconds", baseline_seconds)
 
@@ -596,11 +820,15 @@ def _train_baseline(sweep: _Sweep, model: str, device_data: Any) -> float:
     returns the seconds it trained (0 from the cache)."""
     spec, data = sweep.spec, sweep.data
     cfg = base_config(spec, model)
-    say(f"dense {model} {cfg.baseline_hash()}: {spec.baseline_epochs} epochs")
-    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=say)
-    source = "cache" if b.reused else "trained"
+    origin = f"checkpoint {spec.init_checkpoint}" if spec.init_checkpoint else (
+        f"{spec.baseline_epochs} epochs")  # fmt: skip
+    say(f"dense {model} {cfg.baseline_hash()}: {origin}")
+    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=sweep.progress,
+                               checkpoint=spec.init_checkpoint)  # fmt: skip
+    source = "cache" if b.reused else ("checkpoint" if spec.init_checkpoint else "trained")
     say(f"dense {model} {source}: test accuracy {b.test_accuracy:.4f} ({b.path})")
-    _check_baseline(model, b.test_accuracy, data.num_classes, spec.baseline_epochs)
+    if not spec.init_checkpoint:  # the user's own weights are theirs to judge
+        _check_baseline(model, b.test_accuracy, data.num_classes, spec.baseline_epochs)
     sweep.baselines[model] = {
         "state": b.state,
         "test_accuracy": b.test_accuracy,
@@ -642,27 +870,36 @@ def _make_tuner(sweep: _Sweep) -> Any:
         f"{spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
         f"MLflow experiment {spec.experiment!r}, parent run {sweep.parent_id}"
     )
+
+    def fresh() -> Any:
+        return tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune_config,
+            run_config=tune.RunConfig(
+                name=sweep.sweep_name,
+                storage_path=spec.storage_path,
+                verbose=1,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                # Tune copies its experiment state to storage_path at most this often (default
+                # 300 s): that copy is what --resume restores
+                sync_config=tune.SyncConfig(sync_period=TUNE_CHECKPOINT_S),
+                callbacks=[TrialEndCallback(context)],
+            ),
+        )
+
     if sweep.resumed is not None:
-        return _restored_tuner(sweep, trainable, param_space)
-    return tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune_config,
-        run_config=tune.RunConfig(
-            name=sweep.sweep_name,
-            storage_path=spec.storage_path,
-            verbose=1,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            # Tune copies its experiment state to storage_path at most this often (default
-            # 300 s): that copy is what --resume restores
-            sync_config=tune.SyncConfig(sync_period=TUNE_CHECKPOINT_S),
-            callbacks=[TrialEndCallback(context)],
-        ),
-    )
+        return _restored_tuner(sweep, trainable, param_space, fresh)
+    return fresh()
 
 
-def _restored_tuner(sweep: _Sweep, trainable: Any, param_space: dict | None) -> Any:
-    """--resume: the stopped sweep's ``Tuner`` from its saved state (its searcher's included)."""
+def _restored_tuner(
+    sweep: _Sweep, trainable: Any, param_space: dict | None, fresh: Callable[[], Any]
+) -> Any:
+    """--resume: the stopped sweep's ``Tuner`` from its saved state (its searcher's included).
+    A state that cannot be read (a crash mid-write truncates it: Ray Tune then fails on restore)
+    is moved aside in one line and the sweep goes on with a new ``Tuner`` (``fresh``) from what
+    MLflow holds: a recipe that has a FINISHED run is reused, not run again (``sweeps.trial``)."""
     from ray import tune
 
     spec = sweep.spec
@@ -672,11 +909,23 @@ def _restored_tuner(sweep: _Sweep, trainable: Any, param_space: dict | None) -> 
             f"--resume {spec.resume}: no Ray Tune state in {tune_path}; on a "
             "cluster, --storage-path must be storage every node shares (NFS)"
         )
-    # finished trials stay finished; trials that were running run again
-    return tune.Tuner.restore(
-        tune_path, trainable, resume_unfinished=True, resume_errored=False,
-        restart_errored=False, param_space=param_space,
-    )  # fmt: skip
+    try:
+        # finished trials stay finished; trials that were running run again
+        return tune.Tuner.restore(
+            tune_path, trainable, resume_unfinished=True, resume_errored=False,
+            restart_errored=False, param_space=param_space,
+        )  # fmt: skip
+    except Exception as err:  # EOFError, pickle, JSON and Tune's own errors on a broken state
+        if "://" in tune_path:  # a remote storage path is not ours to move
+            raise UsageError(f"--resume {spec.resume}: Ray Tune's state in {tune_path} is "
+                             f"unreadable ({first_line(err)})") from None  # fmt: skip
+        aside = f"{tune_path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(tune_path, aside)
+        say(
+            f"Ray Tune's saved state in {tune_path} is unreadable ({first_line(err)}); moved "
+            f"to {aside}; continuing from what MLflow holds (finished recipes are reused)"
+        )
+        return fresh()
 
 
 def _scheduler(sweep: _Sweep) -> MOASHAScheduler | None:
@@ -728,13 +977,14 @@ def _search(sweep: _Sweep) -> tuple[Any, None]:
     from .searcher import RungAwareOptunaSearch
 
     spec, objectives = sweep.spec, sweep.objectives
-    space = get_space(spec.space, quick=spec.quick)
+    rewinding = can_rewind(spec)
+    space = get_space(spec.space, quick=spec.quick, rewinding=rewinding)
     if len(spec.models) > 1:
         space = functools.partial(space_with_models, space=space, models=spec.models)
     # the search starts from (a few of) the study's own protocol recipes
     points = grid_points(
         spec.study, spec.quick, spec.space, models=spec.models,
-        limit=max(1, spec.num_samples // GRID_POINTS_SHARE),
+        limit=max(1, spec.num_samples // GRID_POINTS_SHARE), rewinding=rewinding,
     )  # fmt: skip
     sampler_factory = functools.partial(
         make_sampler, spec.sampler, num_samples=spec.num_samples,
@@ -771,10 +1021,23 @@ def _search(sweep: _Sweep) -> tuple[Any, None]:
 # --- fit ----------------------------------------------------------------------------------------
 
 
+class _WithoutTuneRestoreHint(logging.Filter):
+    """Drops Ray Tune's "Resume experiment with: Tuner.restore(...)" after an interrupt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resume experiment with" not in record.getMessage()
+
+
 def _fit(tuner: Any, interrupts: _Interrupts) -> None:
     """Run the trials; a SIGINT/SIGTERM meanwhile stops them and raises ``SweepInterrupted``."""
     interrupts.in_tune = True
-    tuner.fit()
+    tune_log = logging.getLogger("ray.tune.tune")
+    hint = _WithoutTuneRestoreHint()
+    tune_log.addFilter(hint)  # the sweep prints its own --resume command: one instruction
+    try:
+        tuner.fit()
+    finally:
+        tune_log.removeFilter(hint)
     interrupts.in_tune = False
     if interrupts.signum is not None:
         raise SweepInterrupted(interrupts.signum)
@@ -823,7 +1086,7 @@ def _retimed_children(sweep: _Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
         data = sweep.data
         example = data.normalize(data.x_test[:LATENCY_BATCH])
         remeasure_latency(sweep.client, finished, example, data.in_channels, data.num_classes,
-                          data.image_size, log=say)  # fmt: skip
+                          data.image_size, log=sweep.progress)  # fmt: skip
         children, finished = _children(sweep)
     return children, finished
 
@@ -919,8 +1182,9 @@ def resume_argv(study: Study, argv: list[str]) -> list[str]:
     from mlflow.tracking import MlflowClient
 
     args = build_parser(study).parse_args(argv)
-    if not args.resume:
+    if args.resume is None:
         return argv
+    check_empty_values(args)
     target = resolve_tracking_uri(args.tracking_uri)
     if target.is_local_file and not os.path.isfile(target.uri[len("sqlite:///") :]):
         parent = None  # no store, so no sweep (and MLflow is not asked, which would create one)
@@ -934,7 +1198,7 @@ def resume_argv(study: Study, argv: list[str]) -> list[str]:
     if parent.data.tags.get("study", study.name) != study.name:
         raise UsageError(
             f"--resume {args.resume!r} is a sweep of {parent.data.tags['study']}; run "
-            f"python -m sweeps.{parent.data.tags['study']} --resume {args.resume}"
+            f"{resume_module(parent.data.tags['study'])} --resume {args.resume}"
         )
     if parent.info.status == "FINISHED":
         raise UsageError(f"--resume {args.resume!r}: that sweep has finished; nothing to resume")
@@ -952,8 +1216,11 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         spec = resolve_spec(study, resume_argv(study, argv))
         outcome = run_sweep(spec, study)
     except (UsageError, TrackingError, DatasetUnavailable) as err:
-        print(f"python -m sweeps.{study.name}: error: {err}", file=sys.stderr)
+        print(f"{study.command}: error: {err}", file=sys.stderr)
         return 2
+    except StorageFailed as err:
+        print(f"{study.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)
         resume = getattr(err, "resume", None)

@@ -245,6 +245,7 @@ def grid_points(
     space: str | Callable[[Any], dict[str, Any]],
     models: Sequence[str] = (),
     limit: int | None = None,
+    rewinding: bool = True,
 ) -> list[dict[str, Any]]:
     """The recipes of grid ``study`` (``search_spaces.get_grid(study, quick)``) that are valid
     points of ``space`` (a registered space name, or a space function), each as the parameters
@@ -256,7 +257,7 @@ def grid_points(
 
     if study not in GRIDS:
         return []
-    space_fn = get_space(space, quick=quick) if isinstance(space, str) else space
+    space_fn = get_space(space, quick, rewinding) if isinstance(space, str) else space
     points: list[dict[str, Any]] = []
     for recipe in get_grid(study, quick):
         point = as_point(recipe, space_fn)

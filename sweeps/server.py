@@ -16,12 +16,19 @@ which one worker serves easily.
 ``start_server`` is the same thing as a Python helper (used by the tests): it starts
 ``mlflow server`` in its own process group, waits for ``/health`` and returns a ``ServerHandle``
 whose ``stop()`` ends the whole group.
+
+The server has no login: whoever reaches its port can read, write and delete runs. So it listens
+on 127.0.0.1 unless told otherwise, an empty ``--host`` is refused rather than read as "every
+interface", and 0.0.0.0 or :: (typed as such) start it with a warning. Its processes never
+outlive the command, even a SIGKILLed one: the ``mlflow server`` process watches a pipe from its
+starter and kills its own process group (uvicorn included) when the pipe closes.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import math
 import os
 import signal
@@ -38,6 +45,10 @@ from typing import IO, Any
 
 from prune_core.cliutils import OneLineArgumentParser, check_writable_dir, check_writable_file
 
+# the store checks are shared with the sweeps' --tracking-uri (re-exported: check_db_driver was
+# defined here before)
+from .tracking import check_db_driver, check_sqlite_file  # noqa: F401
+
 DEFAULT_BACKEND_STORE_URI = "sqlite:///mlruns/server/mlflow.db"
 DEFAULT_ARTIFACTS_DESTINATION = "mlruns/server/artifacts"
 DEFAULT_HOST = "127.0.0.1"
@@ -46,17 +57,52 @@ DEFAULT_WORKERS = 1
 # SQLAlchemy dialects (``postgresql+psycopg2`` counts as postgresql) that mlflow server accepts;
 # the file store is refused by MLflow 3.x unless MLFLOW_ALLOW_FILE_STORE=true, so not offered
 BACKEND_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-# the pip package of each DB-API module SQLAlchemy imports for a database URI (SQLAlchemy 2.1:
-# postgresql:// means psycopg 3, postgresql+psycopg2:// psycopg2, mysql:// mysqlclient)
-DRIVER_PACKAGES = {
-    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
-    "asyncpg": "asyncpg", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL",
-    "mysql": "mysql-connector-python", "mariadb": "mariadb", "pyodbc": "pyodbc",
-    "pymssql": "pymssql",
-}  # fmt: skip
-# interfaces that mean "every interface": the URI to print then needs this machine's address
-ANY_INTERFACE = ("0.0.0.0", "::", "")
+# interfaces that mean "every interface", accepted only written exactly so (the server has no
+# login); the URI to print then needs this machine's address
+ANY_INTERFACE = ("0.0.0.0", "::")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def max_workers() -> int:
+    """The most ``--workers`` allowed: one per CPU this process may run on. Each uvicorn worker
+    is a process of about 0.4 GB, and more workers than CPUs serve no more requests; without a
+    bound, ``--workers 100000`` forked processes until the machine stalled."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return max(1, os.cpu_count() or 1)
+
+
+# What the ``mlflow server`` process runs (``python -c``, so it needs nothing on sys.path): a
+# thread that waits for end-of-file on the pipe whose only writer is the process that started
+# it, then SIGKILLs its own process group (itself, uvicorn and its workers). The writer's end
+# closes when that process exits in any way, SIGKILL included, which no signal handler sees.
+# (PR_SET_PDEATHSIG would fire when the *thread* that started the server ends, and would reach
+# only this process, not uvicorn.) SIGINT is reset to its default here: a starter that ignored
+# it (a background job of a script) would pass SIG_IGN on to uvicorn through exec.
+GUARD = """\
+import os, runpy, signal, sys, threading
+fd = int(sys.argv.pop(1))
+def watch():
+    try:
+        while os.read(fd, 1):
+            pass
+    except OSError:
+        pass
+    os.killpg(0, signal.SIGKILL)
+threading.Thread(target=watch, name="starter-watch", daemon=True).start()
+signal.signal(signal.SIGINT, signal.default_int_handler)
+runpy.run_module("mlflow", run_name="__main__", alter_sys=True)
+"""
+
+
+def guarded_command(cmd: list[str], watch_fd: int) -> list[str]:
+    """``cmd`` (a ``python -m mlflow ...`` command line, ``server_command``) run under ``GUARD``,
+    which ends the server's process group once ``watch_fd`` (a pipe's read end) reads EOF."""
+    if cmd[1:3] != ["-m", "mlflow"]:
+        raise ValueError(f"not a python -m mlflow command: {cmd[:3]}")
+    # GUARD pops the fd; runpy then puts mlflow's path in sys.argv[0], and click reads the rest
+    return [cmd[0], "-c", GUARD, str(watch_fd), *cmd[3:]]
 
 
 class ServerError(RuntimeError):
@@ -76,6 +122,8 @@ class ServerHandle:
     artifacts_destination: str
     log_path: str | None  # where the server's output goes (None: this process's stdout/stderr)
     process: subprocess.Popen = field(repr=False)
+    # the write end of the pipe the server watches: it stops the server when this closes
+    watch_fd: int | None = field(default=None, repr=False)
 
     @property
     def ui_url(self) -> str:
@@ -102,6 +150,9 @@ class ServerHandle:
             self.process.wait(timeout=5.0)
         except subprocess.TimeoutExpired:
             pass
+        if self.watch_fd is not None:  # closed last: its EOF would SIGKILL a server still going
+            os.close(self.watch_fd)
+            self.watch_fd = None
 
     def __enter__(self) -> ServerHandle:
         return self
@@ -184,47 +235,34 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _check_host(host: str) -> None:
-    """``host`` must resolve to an address (``socket.getaddrinfo``), e.g. not 999.1.1.1."""
+    """``host`` must resolve to an address (``socket.getaddrinfo``), e.g. not 999.1.1.1; every
+    interface only when written 0.0.0.0 or ::, since the server has no login. An empty host
+    (which uvicorn reads as every interface) and other spellings of the wildcard (``0``,
+    ``::0``, a name that resolves to 0.0.0.0) are refused."""
     if host in ANY_INTERFACE:
         return
+    if not host.strip():
+        raise ServerError(
+            f"--host {host!r}: give the address to listen on: 127.0.0.1 (this machine only), "
+            "an address of this machine, or 0.0.0.0 for every interface (no login: anyone "
+            "who reaches the port can read and write runs)"
+        )
     try:
-        socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError) as err:
         reason = getattr(err, "strerror", None) or err
         raise ServerError(
             f"--host {host!r} does not resolve ({reason}); give an address of this machine, "
             "127.0.0.1, or 0.0.0.0 for every interface"
         ) from None
-
-
-def check_db_driver(flag: str, uri: str, error: type[Exception] = ValueError) -> None:
-    """Raise ``error`` (one line naming the pip package) unless SQLAlchemy can import the driver
-    that database ``uri`` needs, which is what MLflow would fail on, with a long traceback, at its
-    first call. The URI is shown without its password."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        url = make_url(uri)
-    except ArgumentError:
-        raise error(
-            f"{flag} {uri!r}: not a database URI (e.g. postgresql://USER:PASS@HOST/DB)"
-        ) from None
-    shown = url.render_as_string(hide_password=True)
-    try:
-        url.get_dialect().import_dbapi()
-    except NoSuchModuleError:
-        raise error(
-            f"{flag} {shown}: SQLAlchemy knows no database driver {url.drivername!r} (known: "
-            "e.g. postgresql, postgresql+psycopg2, mysql, mysql+pymysql)"
-        ) from None
-    except ImportError as err:
-        module = (err.name or str(err)).split(".")[0]
-        package = DRIVER_PACKAGES.get(module, module)
-        raise error(
-            f"{flag} {shown}: its database driver {module} is not installed; "
-            f"pip install '{package}'"
-        ) from None
+    for info in infos:
+        address = str(info[4][0]).split("%")[0]  # an IPv6 scope (fe80::1%eth0) is no address
+        if ipaddress.ip_address(address).is_unspecified:
+            wildcard = "::" if ":" in address else "0.0.0.0"
+            raise ServerError(
+                f"--host {host!r} means every interface ({address}) and the server has no "
+                f"login; write --host {wildcard} if that is what you want"
+            )
 
 
 def advertised_host(host: str) -> str:
@@ -273,8 +311,11 @@ def check_settings(
     ``ServerError`` with one line naming the flag."""
     if not 0 <= port <= 65535:
         raise ServerError(f"--port {port}: must be 0..65535 (0: any free port)")
-    if workers < 1:
-        raise ServerError(f"--workers {workers}: must be an integer >= 1")
+    if not 1 <= workers <= max_workers():
+        raise ServerError(
+            f"--workers {workers}: must be 1..{max_workers()} (at most one per CPU this process "
+            "may use; each worker is a process of about 0.4 GB)"
+        )
     if not (timeout_s > 0 and math.isfinite(timeout_s)):
         raise ServerError(f"--timeout {timeout_s:g}: must be a number of seconds > 0")
     _check_host(host)
@@ -282,6 +323,7 @@ def check_settings(
     if scheme == "sqlite":
         db = _sqlite_path(backend_store_uri)
         check_writable_file("--backend-store-uri", db, ServerError)
+        check_sqlite_file("--backend-store-uri", db, ServerError)
     else:
         check_db_driver("--backend-store-uri", backend_store_uri, ServerError)
     if "://" not in artifacts_destination:  # s3://, gs://, ...: the server's to check
@@ -407,7 +449,9 @@ def start_server(
     ``store_dir``: the defaults under ``mlruns/server``, output to this process's streams).
     ``port=0`` picks a free port; ``allowed_hosts`` replaces ``default_allowed_hosts(host)``
     (MLflow's Host-header check). Raises ``ServerError`` (and leaves no process behind) if the
-    server does not come up.
+    server does not come up. The server also ends when this process does, however it ends
+    (``GUARD``): a process forked from this one (multiprocessing's "fork") keeps it up until
+    that process ends too.
     """
     if store_dir is not None:
         store = Path(store_dir).absolute()
@@ -426,23 +470,34 @@ def start_server(
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")  # the child keeps its own copy; ours is closed below
+    # os.pipe's ends are not inherited: only the server gets the read end (pass_fds), and the
+    # write end stays in this process alone, so it closes when this process dies however it dies
+    watch_read, watch_write = os.pipe()
     try:
         process = subprocess.Popen(
-            server_command(backend, artifacts, host, port, workers, allowed_hosts),
+            guarded_command(
+                server_command(backend, artifacts, host, port, workers, allowed_hosts), watch_read
+            ),
             env=server_env(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,
+            pass_fds=(watch_read,),
             # own session and process group: Ctrl-C in the terminal reaches only this process,
             # which then stops the whole group (uvicorn and anything MLflow forks) itself
             start_new_session=True,
         )
+    except BaseException:
+        os.close(watch_write)
+        raise
     finally:
+        os.close(watch_read)
         if log is not None:
             log.close()
     handle = ServerHandle(
-        uri, process.pid, backend, artifacts, None if log_path is None else str(log_path), process
-    )
+        uri, process.pid, backend, artifacts, None if log_path is None else str(log_path), process,
+        watch_write,
+    )  # fmt: skip
     try:
         wait_healthy(uri, process, timeout_s)
     except BaseException as err:  # also KeyboardInterrupt: never leave a half-started server
@@ -479,11 +534,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--host",
         default=DEFAULT_HOST,
-        help="interface to listen on; 0.0.0.0 for a cluster (default 127.0.0.1: this machine only)",
+        help="interface to listen on (default 127.0.0.1: this machine only); 0.0.0.0 or :: "
+        "for a cluster, which opens the server, without login, to every machine that reaches "
+        "the port",
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="default 5000; 0: any free port")
     p.add_argument(
-        "--workers", type=int, default=DEFAULT_WORKERS, help="uvicorn workers (default 1, ~0.5 GB)"
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"uvicorn workers, 1 to one per CPU this process may use ({max_workers()} here); "
+        "default 1, about 0.5 GB in all",
     )
     p.add_argument(
         "--allowed-hosts",
@@ -508,7 +569,19 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as err:
         print(f"python -m sweeps.server: error: {err}", file=sys.stderr)
         return 2
-    # SIGTERM/SIGHUP unwind like Ctrl-C, so the ``finally`` below stops the server's group
+    if args.host in ANY_INTERFACE:
+        port = f"port {args.port}" if args.port else "its port"
+        print(
+            f"python -m sweeps.server: warning: --host {args.host} listens on every interface and "
+            f"the server has no login: anyone who can reach {port} can read, write and delete "
+            "runs",
+            file=sys.stderr,
+            flush=True,
+        )
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the ``finally`` below stops the server's group.
+    # SIGINT too, set again here: a background job of a non-interactive shell starts with SIGINT
+    # ignored, and Python then keeps it ignored, so Ctrl-C (kill -INT) would do nothing
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     try:

@@ -14,8 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prune_core.cliutils import check_writable_file
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 ALLOWED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql")
+# the first 16 bytes of every SQLite 3 database file (https://sqlite.org/fileformat.html)
+SQLITE_HEADER = b"SQLite format 3\x00"
+# tables that only an MLflow store has (its schema migrations' table and the experiments)
+MLFLOW_TABLES = {"alembic_version", "experiments"}
+# the pip package of each DB-API module SQLAlchemy imports for a database URI (SQLAlchemy 2.1:
+# postgresql:// means psycopg 3, postgresql+psycopg2:// psycopg2, mysql:// mysqlclient)
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
+    "asyncpg": "asyncpg", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python", "mariadb": "mariadb", "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}  # fmt: skip
 
 
 class TrackingError(ValueError):
@@ -38,8 +52,10 @@ class TrackingTarget:
 def resolve_tracking_uri(uri: str, timeout_s: float = 5.0) -> TrackingTarget:
     """Check that ``uri`` can be written (SQLite) or reached (HTTP) and make it absolute.
 
-    SQLite artifacts go to an ``artifacts`` folder beside the database file. Raises
-    ``TrackingError`` with one line naming the URI and what is allowed.
+    SQLite artifacts go to an ``artifacts`` folder beside the database file; an existing file
+    must be an SQLite database holding an MLflow store or nothing (``check_sqlite_file``).
+    Nothing is created here, not even the database's folder: ``prepare_sqlite_store`` does that.
+    Raises ``TrackingError`` with one line naming the URI and what is allowed.
     """
     scheme = urllib.parse.urlparse(uri).scheme
     # postgresql+psycopg2://, mysql+pymysql://: a database server and the driver to reach it with
@@ -50,8 +66,6 @@ def resolve_tracking_uri(uri: str, timeout_s: float = 5.0) -> TrackingTarget:
             f"sqlite:///PATH.db or http://HOST:PORT (allowed schemes: {', '.join(ALLOWED_SCHEMES)})"
         )
     if database in ("postgresql", "mysql"):  # MLflow would fail on a missing driver at its 1st call
-        from .server import check_db_driver
-
         check_db_driver("--tracking-uri", uri, TrackingError)
     if scheme == "sqlite":
         prefix = "sqlite:///"
@@ -60,21 +74,11 @@ def resolve_tracking_uri(uri: str, timeout_s: float = 5.0) -> TrackingTarget:
                 f"--tracking-uri {uri!r}: write sqlite:///RELATIVE.db or sqlite:////ABS.db"
             )
         db = Path(uri[len(prefix) :]).expanduser().absolute()
-        folder = db.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-            if db.exists():
-                with open(db, "ab"):
-                    pass
-        except OSError as err:
-            raise TrackingError(
-                f"--tracking-uri {uri!r} cannot be written ({err.strerror or err}: {folder}); "
-                "pass a sqlite:/// path in a writable folder"
-            ) from None
-        return TrackingTarget(f"sqlite:///{db}", (folder / "artifacts").as_uri())
+        # tried and left as it was: the folder is made by prepare_sqlite_store, after the
+        # caller's other checks, so a refusal further on leaves no empty mlruns/ behind
+        check_writable_file("--tracking-uri", db, TrackingError)
+        check_sqlite_file("--tracking-uri", db, TrackingError)
+        return TrackingTarget(f"sqlite:///{db}", (db.parent / "artifacts").as_uri())
     if scheme in ("http", "https"):
         # /health is exempt from MLflow's Host-header check and an API call is not: a server that
         # refuses this host name (403) is caught here instead of failing every trial
@@ -103,6 +107,83 @@ def resolve_tracking_uri(uri: str, timeout_s: float = 5.0) -> TrackingTarget:
     return TrackingTarget(uri, None)
 
 
+def check_db_driver(flag: str, uri: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` (one line naming the pip package) unless SQLAlchemy can import the driver
+    that database ``uri`` needs, which is what MLflow would fail on, with a long traceback, at its
+    first call. The URI is shown without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError:
+        raise error(
+            f"{flag} {uri!r}: not a database URI (e.g. postgresql://USER:PASS@HOST/DB)"
+        ) from None
+    shown = url.render_as_string(hide_password=True)
+    try:
+        url.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise error(
+            f"{flag} {shown}: SQLAlchemy knows no database driver {url.drivername!r} (known: "
+            "e.g. postgresql, postgresql+psycopg2, mysql, mysql+pymysql)"
+        ) from None
+    except ImportError as err:
+        module = (err.name or str(err)).split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module)
+        raise error(
+            f"{flag} {shown}: its database driver {module} is not installed; "
+            f"pip install '{package}'"
+        ) from None
+
+
+def check_sqlite_file(
+    flag: str, path: str | os.PathLike, error: type[Exception] = TrackingError
+) -> None:
+    """Raise ``error`` (one line naming ``flag``, the file and what is wrong) unless ``path``
+    is absent, empty, or an SQLite database that is an MLflow store or holds no table yet.
+
+    MLflow would otherwise fail on its first call with a long SQLAlchemy traceback ("file is
+    not a database"), or quietly add its tables to somebody else's database. Only reads: the
+    file is opened as it is (never created) and left unchanged.
+    """
+    import sqlite3
+
+    file = Path(path).expanduser().absolute()
+    if not file.is_file() or file.stat().st_size == 0:  # SQLite treats an empty file as new
+        return
+    try:
+        with open(file, "rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise error(f"{flag} {file}: cannot read the file ({err.strerror or err})") from None
+    if header != SQLITE_HEADER:
+        raise error(
+            f"{flag} {file}: not an SQLite database (it does not start with 'SQLite format 3'); "
+            "give the path of an MLflow store or of a file that does not exist yet"
+        )
+    # mode=rw: opened as MLflow would open it, but never created if it vanished meanwhile
+    conn = None
+    try:
+        conn = sqlite3.connect(f"{file.as_uri()}?mode=rw", uri=True, timeout=30)
+        tables = {
+            row[0] for row in conn.execute("select name from sqlite_master where type='table'")
+        }
+    except sqlite3.OperationalError:
+        return  # locked or read-only: a state, not a wrong file; MLflow says what it needs
+    except sqlite3.DatabaseError as err:  # "file is not a database", "disk image is malformed"
+        raise error(f"{flag} {file}: a damaged SQLite database ({err})") from None
+    finally:
+        if conn is not None:
+            conn.close()
+    if tables and not tables & MLFLOW_TABLES:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise error(
+            f"{flag} {file}: an SQLite database but not an MLflow store (its tables: {shown}); "
+            "give the path of an MLflow store or of a file that does not exist yet"
+        )
+
+
 def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
     """Id of experiment ``name``, created (with ``artifact_location``) if it does not exist."""
     from mlflow.exceptions import MlflowException
@@ -124,6 +205,7 @@ def get_or_create_experiment(client: Any, name: str, artifact_location: str | No
 def prepare_sqlite_store(target: TrackingTarget) -> None:
     """Create the SQLite store's tables once, under a lock, and switch it to write-ahead logging.
 
+    Call it after every check that needs no store: this creates the folder and the database.
     Two sweeps that start together on a new store would otherwise both run MLflow's schema
     migrations at once; WAL lets readers (the UI, ``sweeps.pareto``, other sweeps' searches) go on
     while one process writes, so concurrent sweeps do not fail with "database is locked".
@@ -137,6 +219,8 @@ def prepare_sqlite_store(target: TrackingTarget) -> None:
     if not target.is_local_file:
         return
     db = target.uri[len("sqlite:///") :]
+    # the one place the store's folder is made: resolve_tracking_uri only checks that it can be
+    os.makedirs(os.path.dirname(db), exist_ok=True)
     with exclusive_lock(db + ".lock"):
         MlflowClient(tracking_uri=target.uri).search_experiments(max_results=1)
         with sqlite3.connect(db, timeout=60) as conn:
@@ -217,6 +301,21 @@ def end_unfinished_children(
             client.set_terminated(run.info.run_id, status)
             changed += 1
     return changed
+
+
+def retire_replaced_run(client: Any, run_id: str, new_run_id: str) -> None:
+    """Delete child run ``run_id``, which run ``new_run_id`` replaces (a retry or ``--resume``),
+    ending it first: an unfinished run (RUNNING, SCHEDULED) becomes KILLED, so nothing that
+    lists deleted runs (``ViewType.ALL``, the UI's "deleted" filter) sees it still running; a
+    FAILED or KILLED run keeps its status, which says why it was replaced. Tag ``replaced_by``
+    names the new run. MLflow refuses to change a deleted run, hence this order."""
+    run = client.get_run(run_id)
+    if run.info.lifecycle_stage == "deleted":
+        return  # retired already (another attempt of the same trial got there first)
+    client.set_tag(run_id, "replaced_by", new_run_id)
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        client.set_terminated(run_id, "KILLED")
+    client.delete_run(run_id)
 
 
 def find_sweep(client: Any, key: str) -> Any | None:

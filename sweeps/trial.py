@@ -37,7 +37,7 @@ from prune_core.structured import save_pruned_model
 from prune_core.train import TrainingDiverged, cosine_lr
 
 from .catalog import extra_metrics, final_metrics, measure_final, step_metrics
-from .tracking import log_metrics, log_params, tagged_child_runs
+from .tracking import log_metrics, log_params, retire_replaced_run, tagged_child_runs
 
 # Per-step metrics of the MLflow contract, reported to Tune and logged with step = prune iteration.
 CONTRACT_METRICS = step_metrics()
@@ -101,7 +101,9 @@ def recipe_run_name(model: str, recipe: dict[str, Any], dense_epochs: int | None
     epochs = recipe.get("finetune_epochs", 1)
     if retrain != "finetune" and dense_epochs is not None:
         epochs = dense_epochs - recipe.get("rewind_epoch", 1)
-    name = f"{model}_{entry.name_part(options)}_{perc}perc_{schedule}{epochs}"
+    # a source names its model by its last part (torchvision:resnet50 -> resnet50)
+    label = model.rsplit(":", 1)[-1]
+    name = f"{label}_{entry.name_part(options)}_{perc}perc_{schedule}{epochs}"
     if schedule != "oneshot":
         name += f"_{recipe.get('iterations', 1)}"
     if retrain != "finetune":
@@ -303,7 +305,7 @@ def start_child_run(
         tags["replaces"] = ",".join(r.info.run_id for r in earlier)
     run_id = client.create_run(context.experiment_id, run_name=plan.run_name, tags=tags).info.run_id
     for old in earlier:  # one live child run per trial: the new attempt replaces the old ones
-        client.delete_run(old.info.run_id)
+        retire_replaced_run(client, old.info.run_id, run_id)
     return run_id
 
 

@@ -4,8 +4,10 @@ the flag, no traceback, no MLflow run, no file written. One table per command, r
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import random
 import re
 import shutil
 import signal
@@ -31,6 +33,18 @@ REPO = Path(__file__).resolve().parent.parent
 # rows for "the DB driver is missing" only mean that where it is missing
 NO_PSYCOPG = importlib.util.find_spec("psycopg") is None
 NO_MYSQLDB = importlib.util.find_spec("MySQLdb") is None
+
+
+def bad_stores(root: Path) -> None:
+    """Files in ``root`` that a tracking URI may name but that are no MLflow store: text
+    (``a_file``, "not a folder"), random bytes, an SQLite database of something else, and a
+    damaged one (the SQLite header, then random bytes)."""
+    (root / "a_file").write_text("not a folder")
+    noise = random.Random(0).randbytes(4096)
+    (root / "random.bin").write_bytes(noise)
+    (root / "damaged.db").write_bytes(b"SQLite format 3\x00" + noise)
+    with contextlib.closing(sqlite3.connect(root / "foreign.db")) as conn, conn:
+        conn.execute("create table notes (body text)")
 
 
 def tree(root: Path) -> set[str]:
@@ -87,7 +101,7 @@ SWEEP_ROWS = [
     pytest.param(
         ["--sampler", "nope"], ["--sampler", "'nope'", "tpe, random, nsga2, gp"], id="sampler"
     ),
-    pytest.param(["--max-failures", "-1"], ["--max-failures -1", ">= 0"], id="max-failures"),
+    pytest.param(["--max-failures", "-1"], ["--max-failures -1", "0..100"], id="max-failures"),
     pytest.param(
         ["--resume", "no-such-sweep"], ["--resume 'no-such-sweep'", "no sweep"], id="resume-unknown"
     ),
@@ -113,12 +127,12 @@ SWEEP_ROWS = [
     pytest.param(["--cache-dir", "/proc/x"], ["--cache-dir /proc/x"], id="cache-proc"),
     pytest.param(["--results-dir", "/proc/x"], ["--results-dir /proc/x"], id="results-proc"),
     # from tests/test_cli.py
-    pytest.param(["--num-samples", "0"], ["--num-samples 0", ">= 1"], id="num-samples-0"),
+    pytest.param(["--num-samples", "0"], ["--num-samples 0", "1..100000"], id="num-samples-0"),
     pytest.param(["--gpus-per-trial", "-1"], ["--gpus-per-trial -1", ">= 0"], id="gpus-negative"),
     pytest.param(["--dataset", "nope"], ["--dataset 'nope'", "digits", "cifar10"], id="dataset"),
     pytest.param(
         ["--tracking-uri", "sqlite:///{tmp}/a_file/mlflow.db"],
-        ["--tracking-uri", "cannot be written", "a_file"],
+        ["--tracking-uri", "cannot write", "a_file"],
         id="tracking-under-a-file",
     ),
     pytest.param(
@@ -145,7 +159,34 @@ SWEEP_ROWS = [
     pytest.param(["--cpus-per-trial", "nan"], ["--cpus-per-trial nan"], id="cpus-nan"),
     pytest.param(["--gpus-per-trial", "nan"], ["--gpus-per-trial nan"], id="gpus-nan"),
     pytest.param(["--max-concurrent", "-2"], ["--max-concurrent -2"], id="max-concurrent-neg"),
-    pytest.param(["--baseline-epochs", "-1"], ["--baseline-epochs -1", ">= 0"], id="epochs-neg"),
+    pytest.param(["--baseline-epochs", "-1"], ["--baseline-epochs -1", ">= 1"], id="epochs-neg"),
+    # issue 24: empty strings are values, huge and infinite numbers are refused, an untrained
+    # baseline is refused before its store and cache exist
+    pytest.param(["--model", ""], ["--model ''", "must not be empty"], id="model-empty"),
+    pytest.param(["--dataset", ""], ["--dataset ''", "must not be empty"], id="dataset-empty"),
+    pytest.param(["--sampler", ""], ["--sampler ''", "must not be empty"], id="sampler-empty"),
+    pytest.param(["--address", ""], ["--address ''", "must not be empty"], id="address-empty"),
+    pytest.param(["--resume", ""], ["--resume ''", "must not be empty"], id="resume-empty"),
+    pytest.param(
+        ["--results-dir", ""], ["--results-dir ''", "must not be empty"], id="results-dir-empty"
+    ),  # fmt: skip
+    pytest.param(
+        ["--num-samples", "9" * 23],
+        [f"--num-samples {'9' * 23}", "1..100000"],
+        id="num-samples-huge",
+    ),  # fmt: skip
+    pytest.param(
+        ["--max-failures", "9" * 23],
+        [f"--max-failures {'9' * 23}", "0..100"],
+        id="max-failures-huge",
+    ),  # fmt: skip
+    pytest.param(["--cpus-per-trial", "inf"], ["--cpus-per-trial inf", "> 0"], id="cpus-inf"),
+    pytest.param(["--gpus-per-trial", "inf"], ["--gpus-per-trial inf", ">= 0"], id="gpus-inf"),
+    pytest.param(
+        ["--baseline-epochs", "0"],
+        ["--baseline-epochs 0", ">= 1", "--init-checkpoint"],
+        id="epochs-0",
+    ),  # fmt: skip
     pytest.param(["--model", "nope"], ["--model 'nope'", "resnet18"], id="model"),
     pytest.param(["--model", "cnn,nope"], ["--model 'nope'"], id="model-second-of-two"),
     pytest.param(["--seed", "abc"], ["--seed", "'abc'"], id="seed-not-int"),
@@ -192,14 +233,60 @@ SWEEP_ROWS = [
     ),
     pytest.param(["--address", "h:99999"], ["--address 'h:99999'", "1..65535"], id="address-port"),
     pytest.param(["--nope"], ["--nope"], id="unknown-flag"),
+    # issue 24: a tracking URI naming a file that is not an MLflow store
+    pytest.param(
+        ["--tracking-uri", "sqlite:///{tmp}/a_file"],
+        ["--tracking-uri {tmp}/a_file", "not an SQLite database"],
+        id="tracking-text-file",
+    ),
+    pytest.param(
+        ["--tracking-uri", "sqlite:///{tmp}/random.bin"],
+        ["--tracking-uri {tmp}/random.bin", "not an SQLite database"],
+        id="tracking-random-bytes",
+    ),
+    pytest.param(
+        ["--tracking-uri", "sqlite:///{tmp}/damaged.db"],
+        ["--tracking-uri {tmp}/damaged.db", "damaged SQLite database"],
+        id="tracking-damaged-sqlite",
+    ),
+    pytest.param(
+        ["--tracking-uri", "sqlite:///{tmp}/foreign.db"],
+        ["--tracking-uri {tmp}/foreign.db", "not an MLflow store", "notes"],
+        id="tracking-foreign-sqlite",
+    ),
+    pytest.param(
+        ["--tracking-uri", "sqlite:///{tmp}"],
+        ["--tracking-uri {tmp}", "is a folder"],
+        id="tracking-a-folder",
+    ),
+    # issue 24: refused after the tracking URI was checked, which made mlruns/ and left it
+    pytest.param(
+        ["--tracking-uri", "sqlite:///mlruns/mlflow.db", "--resume", "no-such-sweep"],
+        ["--resume 'no-such-sweep'", "no sweep"],
+        id="resume-unknown-default-store",
+    ),
+    pytest.param(
+        [
+            "--tracking-uri",
+            "sqlite:///mlruns/mlflow.db",
+            "--dataset",
+            "cifar10",
+            "--no-download",
+            "--data-root",
+            "{tmp}/nodata",
+        ],
+        ["--dataset", "{tmp}/nodata/cifar-10-batches-py", "download"],
+        id="dataset-absent-default-store",
+    ),  # fmt: skip
 ]
 
 
 @pytest.fixture
 def sweep_sandbox(tmp_path, monkeypatch):
     """tmp_path as the working folder (the default mlruns/ paths land there) with a file named
-    a_file in it; Ray refuses to start, so a row that got past the checks fails fast."""
-    (tmp_path / "a_file").write_text("not a folder")
+    a_file and the other ``bad_stores`` in it; Ray refuses to start, so a row that got past the
+    checks fails fast."""
+    bad_stores(tmp_path)
     monkeypatch.chdir(tmp_path)
     import ray
 
@@ -275,6 +362,8 @@ PRUNE_CORE_ROWS = [
     pytest.param(["--norm", "3"], ["--norm 3", "1, 2"], id="norm-3"),
     pytest.param(["--lr", "-1"], ["--lr -1.0", "> 0"], id="lr-negative"),
     pytest.param(["--baseline-lr", "0"], ["--baseline-lr 0.0", "> 0"], id="baseline-lr-0"),
+    pytest.param(["--lr", "inf"], ["--lr inf", "finite float > 0"], id="lr-inf"),
+    pytest.param(["--baseline-lr", "inf"], ["--baseline-lr inf", "finite"], id="baseline-lr-inf"),
     pytest.param(["--batch-size", "0"], ["--batch-size 0", ">= 1"], id="batch-size-0"),
     pytest.param(["--finetune-epochs", "-1"], ["--finetune-epochs -1"], id="finetune-epochs-neg"),
     pytest.param(["--baseline-epochs", "-1"], ["--baseline-epochs -1"], id="epochs-negative"),
@@ -416,13 +505,34 @@ PARETO_ROWS = [
     ),  # fmt: skip
     pytest.param(["--sweep"], ["--sweep"], id="sweep-without-id"),
     pytest.param(["--nope"], ["--nope"], id="unknown-flag"),
+    # issue 24: a store that is not an MLflow store
+    pytest.param(
+        ["--tracking-uri", "sqlite:///{tmp}/a_file"],
+        ["--tracking-uri {tmp}/a_file", "not an SQLite database"],
+        id="store-text-file",
+    ),
+    pytest.param(
+        ["--tracking-uri", "sqlite:///{tmp}/random.bin"],
+        ["--tracking-uri {tmp}/random.bin", "not an SQLite database"],
+        id="store-random-bytes",
+    ),
+    pytest.param(
+        ["--tracking-uri", "sqlite:///{tmp}/damaged.db"],
+        ["--tracking-uri {tmp}/damaged.db", "damaged SQLite database"],
+        id="store-damaged-sqlite",
+    ),
+    pytest.param(
+        ["--tracking-uri", "sqlite:///{tmp}/foreign.db"],
+        ["--tracking-uri {tmp}/foreign.db", "not an MLflow store"],
+        id="store-foreign-sqlite",
+    ),
 ]
 
 
 @pytest.mark.parametrize("args, needles", PARETO_ROWS)
 def test_pareto_refuses_bad_input(pareto_store, tmp_path, monkeypatch, capfd, args, needles):
     root, uri = pareto_store
-    (tmp_path / "a_file").write_text("not a folder")
+    bad_stores(tmp_path)
     monkeypatch.chdir(tmp_path)  # the default --out (mlruns/reports/...) lands here
     before, store_before, runs_before = tree(tmp_path), tree(root), run_count(root / "mlflow.db")
     argv = ["--experiment", EXPERIMENT, "--tracking-uri", uri, *fill(args, tmp=tmp_path)]
@@ -464,7 +574,7 @@ SERVER_ROWS = [
         id="store-proc",
     ),  # fmt: skip
     # already refused before
-    pytest.param(["--workers", "0"], ["--workers 0", ">= 1"], id="workers-0"),
+    pytest.param(["--workers", "0"], ["--workers 0", "must be 1.."], id="workers-0"),
     pytest.param(
         ["--backend-store-uri", "file:///{tmp}/mlruns"],
         ["--backend-store-uri", "database URI"],
@@ -518,19 +628,51 @@ SERVER_ROWS = [
     pytest.param(["--timeout", "-5"], ["--timeout -5"], id="timeout-negative"),
     pytest.param(["--timeout", "nan"], ["--timeout nan"], id="timeout-nan"),
     pytest.param(["--nope"], ["--nope"], id="unknown-flag"),
+    # issue 24: no door left open by accident, no worker storm, no store that is not one
+    pytest.param(["--host", ""], ["--host ''", "127.0.0.1", "no login"], id="host-empty"),
+    pytest.param(["--host", " "], ["--host ' '", "127.0.0.1"], id="host-blank"),
+    pytest.param(["--host", "0"], ["--host '0'", "every interface", "--host 0.0.0.0"], id="host-0"),
+    pytest.param(["--host", "::0"], ["--host '::0'", "write --host ::"], id="host-ipv6-zero"),
+    pytest.param(
+        ["--workers", "100000"],
+        ["--workers 100000", f"1..{sweeps.server.max_workers()}", "per CPU"],
+        id="workers-100000",
+    ),
+    pytest.param(
+        ["--workers", str(sweeps.server.max_workers() + 1)],
+        [f"--workers {sweeps.server.max_workers() + 1}"],
+        id="workers-one-above-bound",
+    ),
+    pytest.param(
+        ["--backend-store-uri", "sqlite:///{tmp}/a_file"],
+        ["--backend-store-uri {tmp}/a_file", "not an SQLite database"],
+        id="store-text-file",
+    ),
+    pytest.param(
+        ["--backend-store-uri", "sqlite:///{tmp}/random.bin"],
+        ["--backend-store-uri {tmp}/random.bin", "not an SQLite database"],
+        id="store-random-bytes",
+    ),
+    pytest.param(
+        ["--backend-store-uri", "sqlite:///{tmp}/foreign.db"],
+        ["--backend-store-uri {tmp}/foreign.db", "not an MLflow store"],
+        id="store-foreign-sqlite",
+    ),
 ]
 
 
 @pytest.mark.parametrize("args, needles", SERVER_ROWS)
 def test_server_refuses_bad_input(tmp_path, monkeypatch, capfd, args, needles):
-    (tmp_path / "a_file").write_text("not a folder")
+    bad_stores(tmp_path)
     monkeypatch.chdir(tmp_path)  # the default stores (mlruns/server/...) land here
 
     def no_server(*args, **kwargs):
         raise AssertionError("bad input started a process")
 
     monkeypatch.setattr(sweeps.server.subprocess, "Popen", no_server)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    handlers = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -603,7 +745,7 @@ def test_two_sweeps_in_one_second_get_their_own_folders(tmp_path, monkeypatch, e
     monkeypatch.chdir(tmp_path)
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     spec = sweeps.cli.resolve_spec(STUDY, [
-        "--quick", "--model", "mlp", "--baseline-epochs", "0", "--num-samples", "1",
+        "--quick", "--model", "mlp", "--baseline-epochs", "1", "--num-samples", "1",
         "--gpus-per-trial", "0", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
         "--storage-path", str(tmp_path / "ray"), "--results-dir", str(tmp_path / "results"),
         "--cache-dir", str(tmp_path / "cache"),

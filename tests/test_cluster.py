@@ -483,6 +483,39 @@ def test_two_node_sweep_logs_every_trial_to_the_tracking_server(
 
 
 @pytest.mark.slow
+def test_two_node_sweep_of_a_user_package_outside_the_repository(
+    tmp_path, mlflow_server, ray_cluster, monkeypatch
+):
+    """The user's own model builder and dataset function, in a package in tmp_path that only
+    the driver can import (its sys.path): Ray ships it (runtime_env py_modules) and the trials
+    run it on the worker nodes, where nothing else puts it on the path."""
+    from user_package import write_user_package
+
+    from sweeps.__main__ import STUDY as GENERIC
+
+    code = write_user_package(tmp_path / "code")
+    monkeypatch.syspath_prepend(str(code))
+    args = _sweep_args(tmp_path, mlflow_server.uri, ray_cluster.address, samples=2) + [
+        "--model", "userpkg.models:build", "--dataset", "userpkg.data:load",
+    ]  # fmt: skip
+    outcome = run_sweep(resolve_spec(GENERIC, args), GENERIC)
+    assert outcome.failed_trials == 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server.uri)
+    children = client.search_runs(
+        [outcome.experiment_id], f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'"
+    )
+    workers = {node.node_id for node in ray_cluster.worker_nodes}
+    assert len(children) == 2
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["model"] == "userpkg.models:build"
+        assert run.data.params["node_id"] in workers  # not the driver's node (it has no CPU)
+        assert run.info.run_name.startswith("build_")
+
+
+@pytest.mark.slow
 def test_sqlite_on_several_nodes_stops_before_any_trial(tmp_path, ray_cluster, capsys):
     db = tmp_path / "mlflow.db"
     status = main(STUDY, _sweep_args(tmp_path, f"sqlite:///{db}", ray_cluster.address))

@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 import search_spaces
-from prune_core.config import PruneConfig
+from prune_core.config import RETRAIN_MODES, PruneConfig
 from prune_core.models import build_model
 from prune_core.pruning import PRUNING_METHODS, prunable_targets
 from search_spaces import (
@@ -291,6 +291,22 @@ def test_space_pickles(name):
     space(trial)
     assert trial.params  # the unpickled space still suggests
     assert get_space(name, quick=True).keywords == {"quick": True}
+
+
+@pytest.mark.parametrize("name", ["unstructured", "full"])
+def test_space_without_rewinding_only_fine_tunes(name):
+    # a checkpoint baseline has no dense training to rewind into (python -m sweeps
+    # --init-checkpoint); with rewinding the same sampler proposes all three modes
+    for rewinding, modes in ((False, {"finetune"}), (True, set(RETRAIN_MODES))):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        space = get_space(name, quick=True, rewinding=rewinding)
+        seen = set()
+        for _ in range(60):
+            trial = study.ask()
+            space(trial)
+            seen.add(trial.params["retrain"])
+        assert seen == modes
+    assert get_space(name, rewinding=False).keywords == {"quick": False, "rewinding": False}
 
 
 def test_unknown_space_lists_names():
