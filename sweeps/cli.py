@@ -455,11 +455,11 @@ def _resolve_budgets(study: Study, args: argparse.Namespace) -> tuple[int, int]:
         raise UsageError(f"--num-samples {num_samples}: must be an integer 1..{MAX_SAMPLES}")
     if not 0 < args.cpus_per_trial < math.inf:
         raise UsageError(
-            f"--cpus-per-trial {args.cpus_per_trial:g}: must be a number > 0 (fractions allowed)"
+            f"--cpus-per-trial {args.cpus_per_trial:g}: must be > 0 and finite (fractions allowed)"
         )
     if args.gpus_per_trial is not None and not 0 <= args.gpus_per_trial < math.inf:
         raise UsageError(
-            f"--gpus-per-trial {args.gpus_per_trial:g}: must be a number >= 0 (fractions "
+            f"--gpus-per-trial {args.gpus_per_trial:g}: must be >= 0 and finite (fractions "
             "allowed, e.g. 0.25)"
         )
     if args.max_concurrent is not None and args.max_concurrent < 1:
