@@ -10,9 +10,13 @@ convention: ``DIR/train/<class>/*.png`` and ``DIR/val/<class>/*.png``, images re
 ``image_size`` square), or ``package.module:function``, called with no arguments and returning a
 ``TensorData`` or a pair ``(train, val)`` of torch ``Dataset``s of ``(image, label)`` (an image a
 float tensor in [0, 1] or a uint8 tensor of shape C x H x W, or a PIL image). Either way the
-images are held as uint8 tensors and standardised by the training split's per-channel mean and
-std, as the built-in datasets are, unless ``normalize`` gives the statistics the user's
-checkpoint was trained with.
+images are standardised by the training split's per-channel mean and std, as the built-in
+datasets are, unless ``normalize`` gives the statistics the user's checkpoint was trained with.
+A pair of Datasets (an image folder is one) is held as uint8 tensors (a ``TensorData``) when it
+fits the memory budget (``streaming.memory_budget()``: ``PRUNE_DATA_MEMORY_BYTES``, else the
+smaller of 2 GiB and a quarter of the RAM), judged from the first image's shape times the
+number of samples, and streamed through a ``DataLoader`` (a ``streaming.StreamedData``)
+otherwise; a streamed pair must pickle, since Ray ships it to the trials.
 
 Every error is a ``SourceError``: one line naming the value and what is allowed.
 """
@@ -139,7 +143,8 @@ def build_model_source(
 
 
 def load_data_source(spec: str, image_size: int = 0) -> Any:
-    """The ``TensorData`` of source ``spec`` (see the module docstring), on the CPU."""
+    """The ``TensorData`` (or ``StreamedData``) of source ``spec`` (see the module docstring),
+    on the CPU."""
     if spec.startswith(IMAGEFOLDER):
         return load_image_folder(spec[len(IMAGEFOLDER) :], image_size)
     fn = _function(spec, "dataset")
@@ -226,10 +231,21 @@ def _stack(spec: str, dataset: Any, split: str) -> tuple[Any, Any]:
 def tensor_data_from(
     spec: str, train: Any, val: Any, image_size: int = 0, classes: int | None = None
 ) -> Any:
-    """A ``TensorData`` of two torch Datasets (uint8 images, standardised by the training
-    split's per-channel mean and std)."""
+    """Two torch Datasets as a ``TensorData`` (uint8 images, standardised by the training
+    split's per-channel mean and std) when their images fit ``streaming.memory_budget()``, else
+    as a ``streaming.StreamedData`` over them (same statistics, read batch by batch). The size is
+    estimated from the first image of each split times the number of samples; nothing else is
+    read to decide."""
     from .data import TensorData
+    from .streaming import StreamedData, estimated_bytes, memory_budget
 
+    count = 0
+    for split, dataset in (("train", train), ("val", val)):
+        if len(dataset) == 0:
+            raise SourceError(f"dataset {spec!r}: its {split} split is empty")
+        count += len(dataset)
+    if estimated_bytes(tuple(_as_uint8(train[0][0]).shape), count) > memory_budget():
+        return StreamedData.from_datasets(spec, train, val, classes=classes)
     x_train, y_train = _stack(spec, train, "train")
     x_test, y_test = _stack(spec, val, "val")
     if x_train.shape[1:] != x_test.shape[1:]:
