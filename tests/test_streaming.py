@@ -301,6 +301,79 @@ def test_load_dataset_routes_a_package_function_through_streaming(monkeypatch, t
     assert len(children()) == before
 
 
+def test_a_sweep_trains_streamed_data_in_its_trials(monkeypatch, tmp_path, ray_tmpdir):
+    """``python -m sweeps`` on a package function over the budget: Ray ships the StreamedData to
+    the trials (pickled with the user's Datasets), which read it by index, in whole epochs."""
+    from sweeps.__main__ import STUDY
+    from sweeps.runner import main
+
+    pkg = tmp_path / "logpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    log = tmp_path / "reads.log"
+    (pkg / "data.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            import torch
+            from torch.utils.data import Dataset
+
+
+            class Logged(Dataset):
+                def __init__(self, n, split):
+                    self.n, self.split = n, split
+                    g = torch.Generator().manual_seed(1)
+                    self.patterns = torch.rand(4, 1, 8, 8, generator=g) * 255
+
+                def __len__(self):
+                    return self.n
+
+                def __getitem__(self, i):
+                    with open({str(log)!r}, "a") as f:
+                        f.write(f"{{os.getpid()}} {{self.split}} {{i}}\\n")
+                    g = torch.Generator().manual_seed(i)
+                    noise = torch.randn(1, 8, 8, generator=g) * 40
+                    return (self.patterns[i % 4] + noise).clamp(0, 255).to(torch.uint8), i % 4
+
+                def __iter__(self):
+                    raise TypeError("read by index")
+
+
+            def data():
+                return Logged(200, "train"), Logged(50, "val")
+            """
+        )
+    )
+    # the trials' processes import the package as the driver does
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stream(monkeypatch, workers=1)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["--model", "cnn", "--dataset", "logpkg.data:data", "--quick", "--num-samples", "1",
+            "--tracking-uri", uri, "--experiment", "streamed", "--cache-dir", str(tmp_path / "c"),
+            "--storage-path", str(tmp_path / "ray"), "--results-dir", str(tmp_path / "r"),
+            ]  # fmt: skip
+    assert main(STUDY, argv) == 0
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["streamed"])
+    child = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(child) == 1 and (child["status"] == "FINISHED").all()
+    assert child["metrics.test_accuracy"].notna().all()
+    reads: dict[int, list[int]] = {}  # reader pid -> training indices it read
+    for line in log.read_text().splitlines():
+        pid, split, index = line.split()
+        if split == "train":
+            reads.setdefault(int(pid), []).append(int(index))
+    # the driver itself reads image 0 only: for the size estimate and the shape
+    assert reads.pop(os.getpid()) == [0, 0]
+    # its loader workers make the load pass and the dense training, the trial's its fine-tuning:
+    # whole epochs (1 + the dense ones + the recipe's), each index equally often
+    counts = torch.bincount(torch.tensor([i for r in reads.values() for i in r]), minlength=200)
+    assert len(set(counts.tolist())) == 1 and int(counts[0]) > 1 + STUDY.quick_baseline_epochs
+
+
 def children() -> list[int]:
     """This process's live child processes (loader workers among them)."""
     pids = []
