@@ -209,23 +209,31 @@ def _as_uint8(image: Any) -> Any:
 
 
 def _stack(spec: str, dataset: Any, split: str) -> tuple[Any, Any]:
-    """All of ``dataset`` as (uint8 images, int64 labels), read by index."""
+    """All of ``dataset`` as (uint8 images, int64 labels), read by index into one tensor sized
+    from the first image: the images are held once, not also as one small tensor per image
+    until a final stack (which, for 100,000 1x28x28 images, 78 MB, took 284 MB against 161 MB
+    now; measured with benchmarks/bench_streaming.py's Dataset)."""
     import torch
 
-    images, labels = [], []
-    for i in range(len(dataset)):
-        image, label = dataset[i]
-        images.append(_as_uint8(image))
-        labels.append(int(label))
-    if not images:
+    if len(dataset) == 0:
         raise SourceError(f"dataset {spec!r}: its {split} split is empty")
-    shapes = {tuple(x.shape) for x in images}
-    if len(shapes) != 1:
-        raise SourceError(
-            f"dataset {spec!r}: {split} images have several shapes {sorted(shapes)[:3]}; give "
-            "--image-size to resize them to one square size"
-        )
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+    first, label = dataset[0]
+    first = _as_uint8(first)
+    images = torch.empty((len(dataset), *first.shape), dtype=torch.uint8)
+    images[0] = first
+    labels = [int(label)]
+    for i in range(1, len(dataset)):
+        image, label = dataset[i]
+        image = _as_uint8(image)
+        if image.shape != first.shape:
+            raise SourceError(
+                f"dataset {spec!r}: {split} images have several shapes "
+                f"{sorted({tuple(first.shape), tuple(image.shape)})} (images 0 and {i}); give "
+                "--image-size to resize them to one square size"
+            )
+        images[i] = image
+        labels.append(int(label))
+    return images, torch.tensor(labels, dtype=torch.long)
 
 
 def tensor_data_from(
