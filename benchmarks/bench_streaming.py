@@ -11,7 +11,8 @@ own peak RSS:
 - **streamed**: the budget 0: a ``StreamedData`` (loading is one pass over each split for the
   statistics; batches come through a ``DataLoader`` with ``--workers`` processes).
 
-Each child builds the model (``--model``, default ``cnn``), loads the data (timed), trains
+Each child builds the model (``--model``, default ``cnn``), loads the data (timed; its peak RSS
+is read right after), trains
 ``--epochs`` epochs with ``prune_core.train.train_epochs`` (each epoch timed; the first streamed
 epoch includes starting the workers) and evaluates once (timed). Peak RSS is the child's VmHWM
 (/proc/self/status): the training process; the loader workers are separate processes whose
@@ -119,6 +120,7 @@ def child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     data = tensor_data_from("bench:data", train, test).to(device)
     load_s = time.perf_counter() - start
+    load_peak = status_kib("self", "VmHWM")  # the loading's own peak, before any training
     assert isinstance(data, StreamedData) == (args.child == "streamed"), type(data).__name__
     epochs = []
     for epoch in range(args.epochs):
@@ -135,6 +137,7 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({
         "mode": args.child, "load_s": load_s, "epoch_s": epochs, "eval_s": eval_s,
         "accuracy": accuracy, "rss_before_mib": rss_before / 1024,
+        "load_peak_mib": load_peak / 1024,
         "peak_rss_mib": status_kib("self", "VmHWM") / 1024,
         "workers": len(workers), "worker_peak_mib": max(workers, default=0) / 1024,
     }))  # fmt: skip
@@ -209,11 +212,13 @@ def main() -> None:
         return statistics.median(r["epoch_s"][which] for r in results[mode])
 
     print(f"  {'':10}{'load s':>9}{'epoch 1 s':>11}{'last epoch s':>14}{'eval s':>8}"
-          f"{'acc':>7}{'RSS before':>12}{'peak RSS':>10}{'worker peak':>13}")  # fmt: skip
+          f"{'acc':>7}{'RSS before':>12}{'load peak':>11}{'peak RSS':>10}"
+          f"{'worker peak':>13}")  # fmt: skip
     for mode in results:
         print(f"  {mode:10}{median(mode, 'load_s'):9.2f}{epoch(mode, 0):11.2f}"
               f"{epoch(mode, -1):14.2f}{median(mode, 'eval_s'):8.2f}"
               f"{median(mode, 'accuracy'):7.3f}{median(mode, 'rss_before_mib'):10.0f} M"
+              f"{median(mode, 'load_peak_mib'):9.0f} M"
               f"{median(mode, 'peak_rss_mib'):8.0f} M"
               f"{median(mode, 'worker_peak_mib'):11.0f} M x{results[mode][0]['workers']}"
               )  # fmt: skip
