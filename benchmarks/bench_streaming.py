@@ -18,7 +18,10 @@ epoch includes starting the workers) and evaluates once (timed). Peak RSS is the
 (/proc/self/status): the training process; the loader workers are separate processes whose
 peaks are printed beside it (most of a forked worker's resident pages are shared with its
 parent, so the two are not added). The children run ``--rounds`` times, alternating, and the
-median of each figure is reported; the ratio is streamed over memory epoch time.
+median of each figure is reported; the ratios are streamed over memory: epoch wall time, epoch
+CPU seconds (the training process and its loader workers, user + system, from /proc: on a shared
+machine the wall time also measures how much CPU other jobs left, and the streamed run, having
+more processes, is given a larger share), and peak RSS.
 
 Run: ``python benchmarks/bench_streaming.py [--n-train 20000 --workers 2 --device cuda]``
 """
@@ -107,6 +110,19 @@ def child_pids() -> list[int]:
     return pids
 
 
+def cpu_s(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) each of ``pids`` has used (/proc/<pid>/stat)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return out
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement: load, train, evaluate; print one JSON line."""
     torch.set_num_threads(args.threads)
@@ -115,6 +131,7 @@ def child(args: argparse.Namespace) -> None:
     train = NpyImages(f"{folder}/train_x.npy", f"{folder}/train_y.npy")
     test = NpyImages(f"{folder}/test_x.npy", f"{folder}/test_y.npy")
     shape = tuple(np.load(f"{folder}/train_x.npy", mmap_mode="r").shape[1:])
+    torch.manual_seed(0)  # the same initial weights in both modes: the accuracies agree
     model = build_model(args.model, shape[0], CLASSES, shape[1]).to(device)
     rss_before = status_kib("self", "VmRSS")
     start = time.perf_counter()
@@ -122,20 +139,27 @@ def child(args: argparse.Namespace) -> None:
     load_s = time.perf_counter() - start
     load_peak = status_kib("self", "VmHWM")  # the loading's own peak, before any training
     assert isinstance(data, StreamedData) == (args.child == "streamed"), type(data).__name__
-    epochs = []
+    epochs, epochs_cpu = [], []
     for epoch in range(args.epochs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        workers_before = cpu_s(child_pids())
         train_epochs(model, data, 1, lr=0.05, batch_size=args.batch_size, seed=epoch,
                      log=lambda _msg: None)  # fmt: skip
         if device.type == "cuda":
             torch.cuda.synchronize()
         epochs.append(time.perf_counter() - start)
+        # CPU seconds of the epoch, this process and its loader workers: on a shared machine
+        # less distorted by other jobs than the wall time (more processes get more CPU share)
+        workers_after = cpu_s(child_pids())
+        spent = sum(t - workers_before.get(pid, 0.0) for pid, t in workers_after.items())
+        epochs_cpu.append(time.process_time() - cpu_start + spent)
     start = time.perf_counter()
     accuracy = evaluate(model, data)
     eval_s = time.perf_counter() - start
     workers = [status_kib(pid, "VmHWM") for pid in child_pids()]
     print(json.dumps({
         "mode": args.child, "load_s": load_s, "epoch_s": epochs, "eval_s": eval_s,
+        "epoch_cpu_s": epochs_cpu,
         "accuracy": accuracy, "rss_before_mib": rss_before / 1024,
         "load_peak_mib": load_peak / 1024,
         "peak_rss_mib": status_kib("self", "VmHWM") / 1024,
@@ -230,8 +254,16 @@ def main() -> None:
         s["epoch_s"][0] / m["epoch_s"][0]
         for s, m in zip(results["streamed"], results["memory"], strict=True)
     )
+    cpu = statistics.median(
+        s["epoch_cpu_s"][-1] / m["epoch_cpu_s"][-1]
+        for s, m in zip(results["streamed"], results["memory"], strict=True)
+    )
+    for mode in results:
+        print(f"  {mode}: CPU seconds of the last epoch (process + workers) "
+              f"{statistics.median(r['epoch_cpu_s'][-1] for r in results[mode]):.2f}")  # fmt: skip
     peak = median("streamed", "peak_rss_mib") / median("memory", "peak_rss_mib")
     print(f"  streamed / memory epoch time: {ratio:.2f}x (last epoch), {first:.2f}x (first epoch)")
+    print(f"  streamed / memory CPU seconds of the last epoch: {cpu:.2f}x")
     print(f"  streamed / memory peak RSS of the training process: {peak:.2f}x")
 
 
