@@ -6,6 +6,7 @@ Ray's object store; ``batches`` turns each batch into normalised float32 on the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -54,6 +55,14 @@ class TensorData:
         """A copy with every tensor moved to ``device``."""
         moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
         return TensorData(**{**self.__dict__, **moved})
+
+    def size(self, split: str) -> int:
+        """Number of samples in ``split`` ('train' or 'test')."""
+        return (self.y_train if split == "train" else self.y_test).shape[0]
+
+    def example(self, n: int) -> torch.Tensor:
+        """The first ``n`` test images, normalised, on the data's device."""
+        return self.normalize(self.x_test[:n])
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> float32 batch, scaled to [0, 1] and standardised per channel."""
@@ -117,8 +126,10 @@ def load_dataset(
 ) -> TensorData:
     """Load a dataset onto the CPU (move it with ``.to(device)``): a registered name, or a source
     (``imagefolder:DIR``, ``package.module:function``; see ``prune_core.sources``) with its
-    images resized to ``image_size`` (0: as they are). ``normalize`` = (mean, std) per channel
-    replaces the training split's statistics (those a checkpoint was trained with)."""
+    images resized to ``image_size`` (0: as they are); a source too large for the memory budget
+    comes back as a ``streaming.StreamedData``, which has the same interface. ``normalize`` =
+    (mean, std) per channel replaces the training split's statistics (those a checkpoint was
+    trained with)."""
     if ":" in name:
         from .sources import load_data_source
 
@@ -134,7 +145,7 @@ def load_dataset(
                 f"normalize {mean}/{std}: give one mean and one std per channel "
                 f"({data.in_channels} for dataset {name})"
             )
-        data = TensorData(**{**data.__dict__, "mean": mean, "std": std})
+        data = dataclasses.replace(data, mean=mean, std=std)  # a TensorData or a StreamedData
     return data
 
 

@@ -10,9 +10,13 @@ convention: ``DIR/train/<class>/*.png`` and ``DIR/val/<class>/*.png``, images re
 ``image_size`` square), or ``package.module:function``, called with no arguments and returning a
 ``TensorData`` or a pair ``(train, val)`` of torch ``Dataset``s of ``(image, label)`` (an image a
 float tensor in [0, 1] or a uint8 tensor of shape C x H x W, or a PIL image). Either way the
-images are held as uint8 tensors and standardised by the training split's per-channel mean and
-std, as the built-in datasets are, unless ``normalize`` gives the statistics the user's
-checkpoint was trained with.
+images are standardised by the training split's per-channel mean and std, as the built-in
+datasets are, unless ``normalize`` gives the statistics the user's checkpoint was trained with.
+A pair of Datasets (an image folder is one) is held as uint8 tensors (a ``TensorData``) when it
+fits the memory budget (``streaming.memory_budget()``: ``PRUNE_DATA_MEMORY_BYTES``, else the
+smaller of 2 GiB and a quarter of the RAM), judged from the first image's shape times the
+number of samples, and streamed through a ``DataLoader`` (a ``streaming.StreamedData``)
+otherwise; a streamed pair must pickle, since Ray ships it to the trials.
 
 Every error is a ``SourceError``: one line naming the value and what is allowed.
 """
@@ -139,7 +143,8 @@ def build_model_source(
 
 
 def load_data_source(spec: str, image_size: int = 0) -> Any:
-    """The ``TensorData`` of source ``spec`` (see the module docstring), on the CPU."""
+    """The ``TensorData`` (or ``StreamedData``) of source ``spec`` (see the module docstring),
+    on the CPU."""
     if spec.startswith(IMAGEFOLDER):
         return load_image_folder(spec[len(IMAGEFOLDER) :], image_size)
     fn = _function(spec, "dataset")
@@ -204,32 +209,51 @@ def _as_uint8(image: Any) -> Any:
 
 
 def _stack(spec: str, dataset: Any, split: str) -> tuple[Any, Any]:
-    """All of ``dataset`` as (uint8 images, int64 labels), read by index."""
+    """All of ``dataset`` as (uint8 images, int64 labels), read by index into one tensor sized
+    from the first image: the images are held once, not also as one small tensor per image
+    until a final stack (which, for 100,000 1x28x28 images, 78 MB, took 284 MB against 161 MB
+    now; measured with benchmarks/bench_streaming.py's Dataset)."""
     import torch
 
-    images, labels = [], []
-    for i in range(len(dataset)):
-        image, label = dataset[i]
-        images.append(_as_uint8(image))
-        labels.append(int(label))
-    if not images:
+    if len(dataset) == 0:
         raise SourceError(f"dataset {spec!r}: its {split} split is empty")
-    shapes = {tuple(x.shape) for x in images}
-    if len(shapes) != 1:
-        raise SourceError(
-            f"dataset {spec!r}: {split} images have several shapes {sorted(shapes)[:3]}; give "
-            "--image-size to resize them to one square size"
-        )
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+    first, label = dataset[0]
+    first = _as_uint8(first)
+    images = torch.empty((len(dataset), *first.shape), dtype=torch.uint8)
+    images[0] = first
+    labels = [int(label)]
+    for i in range(1, len(dataset)):
+        image, label = dataset[i]
+        image = _as_uint8(image)
+        if image.shape != first.shape:
+            raise SourceError(
+                f"dataset {spec!r}: {split} images have several shapes "
+                f"{sorted({tuple(first.shape), tuple(image.shape)})} (images 0 and {i}); give "
+                "--image-size to resize them to one square size"
+            )
+        images[i] = image
+        labels.append(int(label))
+    return images, torch.tensor(labels, dtype=torch.long)
 
 
 def tensor_data_from(
     spec: str, train: Any, val: Any, image_size: int = 0, classes: int | None = None
 ) -> Any:
-    """A ``TensorData`` of two torch Datasets (uint8 images, standardised by the training
-    split's per-channel mean and std)."""
+    """Two torch Datasets as a ``TensorData`` (uint8 images, standardised by the training
+    split's per-channel mean and std) when their images fit ``streaming.memory_budget()``, else
+    as a ``streaming.StreamedData`` over them (same statistics, read batch by batch). The size is
+    estimated from the first image of each split times the number of samples; nothing else is
+    read to decide."""
     from .data import TensorData
+    from .streaming import StreamedData, estimated_bytes, memory_budget
 
+    count = 0
+    for split, dataset in (("train", train), ("val", val)):
+        if len(dataset) == 0:
+            raise SourceError(f"dataset {spec!r}: its {split} split is empty")
+        count += len(dataset)
+    if estimated_bytes(tuple(_as_uint8(train[0][0]).shape), count) > memory_budget():
+        return StreamedData.from_datasets(spec, train, val, classes=classes)
     x_train, y_train = _stack(spec, train, "train")
     x_test, y_test = _stack(spec, val, "val")
     if x_train.shape[1:] != x_test.shape[1:]:

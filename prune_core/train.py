@@ -1,4 +1,5 @@
-"""Training and evaluation loops over a ``TensorData`` (already on the training device)."""
+"""Training and evaluation loops over a ``TensorData`` or a ``StreamedData`` (already on the
+training device)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from torch.nn import functional as F
 from . import pruning
 from .cliutils import first_line
 from .data import TensorData
+
+if TYPE_CHECKING:
+    from .streaming import StreamedData
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -66,7 +70,7 @@ CUDA_DIVERGENCE_CHECK_STEPS = 8
 
 def train_epochs(
     model: nn.Module,
-    data: TensorData,
+    data: TensorData | StreamedData,
     epochs: int,
     lr: float,
     batch_size: int = 128,
@@ -112,7 +116,7 @@ def train_epochs(
     if cuda:
         model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, optimizer, lr, momentum, weight_decay)
-    steps_per_epoch = math.ceil(data.x_train.shape[0] / batch_size)
+    steps_per_epoch = math.ceil(data.size("train") / batch_size)
     total_steps = (schedule_epochs or epochs) * steps_per_epoch
     start_step = schedule_offset * steps_per_epoch
 
@@ -180,7 +184,7 @@ class _TrainLoop:
 
     def run_epoch(
         self,
-        data: TensorData,
+        data: TensorData | StreamedData,
         epoch: int,
         batch_size: int,
         generator: torch.Generator,
@@ -273,7 +277,7 @@ def _compiled(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000) -> float:
+def evaluate(model: nn.Module, data: TensorData | StreamedData, batch_size: int = 1000) -> float:
     """Top-1 accuracy on the test split, as a fraction in [0, 1]."""
     was_training = model.training
     model.eval()
@@ -285,7 +289,7 @@ def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000) -> floa
         with torch.autocast(device_type=data.device.type, dtype=torch.bfloat16, enabled=cuda):
             correct += (model(x).argmax(1) == y).sum()
     model.train(was_training)
-    return int(correct) / data.y_test.shape[0]
+    return int(correct) / data.size("test")
 
 
 def _stderr(msg: str) -> None:
