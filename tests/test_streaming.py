@@ -345,7 +345,8 @@ def test_a_sweep_trains_streamed_data_in_its_trials(monkeypatch, tmp_path, ray_t
         )
     )
     # the trials' processes import the package as the driver does
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
+    inherited = os.environ.get("PYTHONPATH", "")  # unset in CI (an installed project)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path), inherited) if p))
     monkeypatch.syspath_prepend(str(tmp_path))
     stream(monkeypatch, workers=1)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
