@@ -23,7 +23,8 @@ CPU seconds (the training process and its loader workers, user + system, from /p
 machine the wall time also measures how much CPU other jobs left, and the streamed run, having
 more processes, is given a larger share), and peak RSS.
 
-Run: ``python benchmarks/bench_streaming.py [--n-train 20000 --workers 2 --device cuda]``
+Run: ``python benchmarks/bench_streaming.py [--n-train 20000 --workers 2 --threads 1]``
+(``--device cuda`` on a GPU machine)
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from prune_core.models import build_model  # noqa: E402
 from prune_core.sources import tensor_data_from  # noqa: E402
-from prune_core.streaming import MEMORY_BUDGET_ENV, WORKERS_ENV, StreamedData  # noqa: E402
+from prune_core.streaming import (  # noqa: E402
+    MEMORY_BUDGET_ENV,
+    WORKERS_ENV,
+    StreamedData,
+    default_workers,
+)
 from prune_core.train import evaluate, train_epochs  # noqa: E402
 
 CLASSES = 10
@@ -170,7 +176,9 @@ def child(args: argparse.Namespace) -> None:
 def run_child(args: argparse.Namespace, mode: str, folder: str) -> dict:
     env = dict(os.environ)
     env[MEMORY_BUDGET_ENV] = str(2**40) if mode == "memory" else "0"
-    env[WORKERS_ENV] = str(args.workers)
+    env.pop(WORKERS_ENV, None)
+    if args.workers is not None:
+        env[WORKERS_ENV] = str(args.workers)
     command = [sys.executable, os.path.abspath(__file__), "--child", mode, "--folder", folder,
                "--model", args.model, "--epochs", str(args.epochs), "--device", args.device,
                "--batch-size", str(args.batch_size), "--threads", str(args.threads)]  # fmt: skip
@@ -199,7 +207,8 @@ def main() -> None:
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=None,
+                        help="loader workers per split (default: default_workers)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each mode")
@@ -210,6 +219,8 @@ def main() -> None:
         child(args)
         return
     shape = tuple(int(v) for v in args.shape.split(","))
+    torch.set_num_threads(args.threads)  # as the children do: default_workers counts them
+    workers = default_workers(torch.device(args.device)) if args.workers is None else args.workers
     print("bench_streaming: one training epoch, streamed (DataLoader) against in-memory (uint8)")
     print(f"  torch {torch.__version__}, python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, device {args.device}, torch threads {args.threads}")  # fmt: skip
@@ -218,7 +229,7 @@ def main() -> None:
     data_mib = (np.prod(shape) * (args.n_train + args.n_test)) / 2**20
     print(f"  data: {args.n_train} train + {args.n_test} test images {shape} uint8 "
           f"({data_mib:.1f} MiB); model {args.model}, batch {args.batch_size}, "
-          f"workers {args.workers}, epochs {args.epochs}, rounds {args.rounds}")  # fmt: skip
+          f"workers {workers}, epochs {args.epochs}, rounds {args.rounds}")  # fmt: skip
     print(f"  before: {pressure()}")
     results: dict[str, list[dict]] = {"memory": [], "streamed": []}
     with tempfile.TemporaryDirectory() as folder:

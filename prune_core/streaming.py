@@ -63,15 +63,22 @@ def memory_budget() -> int:
     return min(MEMORY_BUDGET_CAP, ram // 4)
 
 
-def default_workers() -> int:
+def default_workers(device: torch.device | None = None) -> int:
     """Loader worker processes: ``PRUNE_DATA_WORKERS`` when set (0 reads in this process), else
-    ``min(4, the CPU count)``."""
+    ``min(4, the CPU count)`` for a pass that trains nothing (``device`` None) or feeds a GPU,
+    and for CPU training ``min(4, the cores torch's threads leave)``: workers that compete with
+    the training threads for the same cores make an epoch slower, not faster (on 2 cores with
+    2 torch threads an MLP epoch over 100,000 28x28 images took 1.8x the in-memory time with
+    no worker and 6-10x with 2; benchmarks/README.md)."""
     value = os.environ.get(WORKERS_ENV, "").strip()
     if value:
         if not value.isdigit():
             raise ValueError(f"{WORKERS_ENV}={value!r} is invalid; allowed: an integer >= 0")
         return int(value)
-    return min(MAX_WORKERS, os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    if device is not None and device.type == "cpu":
+        cores -= torch.get_num_threads()
+    return max(0, min(MAX_WORKERS, cores))
 
 
 def estimated_bytes(image_shape: tuple[int, ...], count: int) -> int:
@@ -169,8 +176,8 @@ class StreamedData:
     docstring); the same interface as ``TensorData``, the same batches from the same generator.
 
     ``train``/``test`` are the user's Datasets of ``(image, label)``; ``image_shape`` is
-    (C, H, W); ``workers`` the loader processes per split (None: ``default_workers()`` where the
-    batches are drawn, so a trial on another node counts its own CPUs).
+    (C, H, W); ``workers`` the loader processes per split (None: ``default_workers(device)``
+    where the batches are drawn, so a trial on another node counts its own CPUs and threads).
     """
 
     name: str
@@ -329,7 +336,7 @@ class StreamedData:
         loader = self._loaders.get(key)
         kept = key not in self._busy
         if loader is None or not kept:
-            workers = default_workers() if self.workers is None else self.workers
+            workers = default_workers(self.device) if self.workers is None else self.workers
             # the loader draws its workers' base seed from its own generator at every epoch, so
             # neither the caller's generator nor the global one is advanced (the in-memory path
             # draws nothing there): seeded from the caller's seed, not from its stream

@@ -28,6 +28,7 @@ from prune_core.streaming import (
     WORKERS_ENV,
     SplitView,
     StreamedData,
+    default_workers,
     memory_budget,
 )
 from prune_core.train import evaluate, train_epochs
@@ -107,6 +108,21 @@ def test_budget_is_the_env_var_else_a_quarter_of_ram_capped_at_2_gib(monkeypatch
     monkeypatch.setenv(MEMORY_BUDGET_ENV, "lots")
     with pytest.raises(ValueError, match=f"{MEMORY_BUDGET_ENV}='lots' is invalid"):
         memory_budget()
+
+
+def test_default_workers_leave_the_training_threads_their_cores(monkeypatch):
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 14)
+    assert default_workers() == default_workers(torch.device("cuda")) == 4  # MAX_WORKERS
+    assert default_workers(torch.device("cpu")) == 2  # 16 cores - 14 threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert default_workers(torch.device("cpu")) == 0  # reads in the training process
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert default_workers(torch.device("cpu")) == 3
+    monkeypatch.setenv(WORKERS_ENV, "-1")
+    with pytest.raises(ValueError, match=f"{WORKERS_ENV}='-1' is invalid"):
+        default_workers()
 
 
 def test_under_the_budget_the_pair_is_held_in_memory(monkeypatch):
