@@ -395,8 +395,11 @@ def children() -> list[int]:
     """This process's live child processes (loader workers among them)."""
     pids = []
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            pids += f.read().split()
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids += f.read().split()
+        except FileNotFoundError:  # a thread that ended since the listing has no children
+            continue
     return pids
 
 
