@@ -413,7 +413,7 @@ def resolve_sources(args: argparse.Namespace, dataset: str, models: tuple[str, .
     """The SweepSpec fields of the user's model, weights and data, checked as far as they can
     be without the data (a checkpoint's file, a source's module and function, an image folder's
     layout); the checks that need the data run when it is loaded (``sweeps.runner``)."""
-    from prune_core.checkpoint import CheckpointError, file_sha256, read_state_dict
+    from prune_core.checkpoint import file_sha256
     from prune_core.sources import SourceError, check_data_source, check_model_source
 
     if args.image_size is not None and args.image_size < 1:
@@ -424,16 +424,18 @@ def resolve_sources(args: argparse.Namespace, dataset: str, models: tuple[str, .
     checks = [("--model", check_model_source, m) for m in models if is_source(m)]
     if is_source(dataset):
         checks.append(("--dataset", check_data_source, dataset))
-    checkpoint, digest = None, ""
-    if args.init_checkpoint is not None:
-        checkpoint = os.path.abspath(os.path.expanduser(args.init_checkpoint))
-        checks.append(("--init-checkpoint", read_state_dict, checkpoint))
     for flag, check, value in checks:
         try:
             check(value)
-        except (SourceError, CheckpointError) as err:
+        except SourceError as err:
             raise UsageError(f"{flag}: {err}") from None
-    if checkpoint:
+    checkpoint, digest = None, ""
+    if args.init_checkpoint is not None:
+        # only that it exists: its content is read once, against the model, when the data is
+        # loaded (sweeps.runner.check_model_on_data), before any run either
+        checkpoint = os.path.abspath(os.path.expanduser(args.init_checkpoint))
+        if not os.path.isfile(checkpoint):
+            raise UsageError(f"--init-checkpoint: checkpoint {checkpoint}: no such file")
         digest = file_sha256(checkpoint)
     if checkpoint and len(models) > 1:
         raise UsageError(f"--init-checkpoint: one checkpoint is one model; got {len(models)} "
