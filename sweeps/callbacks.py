@@ -6,10 +6,12 @@ with its experiment state and ``--resume`` restores it from the same code.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 
+from .budget import active
 from .tracking import tagged_child_runs
 from .trial import TrialContext, recipe_run_name
 
@@ -78,3 +80,22 @@ class TrialEndCallback(Callback):
             if run.info.status == "RUNNING":  # Tune stopped it before its end
                 client.set_tag(run.info.run_id, "early_stopped", f"rung {rung}")
                 client.set_terminated(run.info.run_id, "KILLED")
+
+
+class BudgetStopper(Stopper):
+    """Stops every trial once the time budget in force is spent (Ray Tune's ``stop_all``); it
+    holds nothing, so the pickled copy a --resume restores reads that command's budget."""
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """No single trial is stopped here (``stop_all`` stops them together)."""
+        return False
+
+    def stop_all(self) -> bool:
+        """True once the time budget in force is spent."""
+        budget = active()
+        if budget is None or not budget.time_up():
+            return False
+        if budget.time_up_at is None:
+            budget.time_up_at = time.monotonic()
+            budget.exhausted = budget.exhausted or "time"
+        return True

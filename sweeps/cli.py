@@ -19,6 +19,7 @@ from prune_core.sources import is_source
 from search_spaces import SPACES
 
 from .analysis import parse_objectives
+from .budget import MAX_TRIALS_WITHOUT_LIMIT, parse_duration, parse_epoch_budget
 from .search import NSGA2_FROM_TRIALS, SAMPLERS, check_sampler, default_sampler
 from .tracking import DEFAULT_TRACKING_URI
 
@@ -28,7 +29,7 @@ EARLY_STOP_CHOICES = ("none", "mo-asha")
 EARLY_STOP_FROM_SAMPLES = 12
 # The largest trial budget and retry count taken: beyond them a typo (an extra digit run) would
 # start a sweep that never ends.
-MAX_SAMPLES = 100_000
+MAX_SAMPLES = MAX_TRIALS_WITHOUT_LIMIT
 MAX_FAILURES = 100
 
 
@@ -115,6 +116,8 @@ class SweepSpec:
     num_classes: int | None = None  # classes the model must output (checked against the data)
     image_size: int = 0  # image sources: resize to this square (0: as they are)
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (means, stds)
+    epoch_budget: int | None = None  # fine-tune epochs of all trials together (sweeps.budget)
+    time_budget_s: float | None = None  # this command's wall clock, seconds
 
 
 # GPU share per trial by model. One H200 (torch 2.11, batch 128) ran four trials at once at 2.5x
@@ -159,7 +162,21 @@ def _add_data_flags(p: argparse.ArgumentParser, study: Study) -> None:
     )
     p.add_argument("--data-root", default="data", help="folder for torchvision datasets")
     p.add_argument("--no-download", action="store_true", help="never download datasets")
-    p.add_argument("--num-samples", type=int, help="number of trials (recipes)")
+    p.add_argument(
+        "--num-samples", type=int,
+        help="number of trials (recipes); with a budget, at most that many (default: the "
+        "study's, or with --epoch-budget/--time-budget no trial limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--epoch-budget", metavar="N",
+        help="at most N fine-tune epochs over all trials (the sweep's total, across --resume); "
+        "a trial starts only if its epochs fit",
+    )  # fmt: skip
+    p.add_argument(
+        "--time-budget", metavar="DURATION",
+        help="stop this command's trials after DURATION of wall clock (e.g. 90m, 2h, 45s), "
+        "then analyse what finished",
+    )  # fmt: skip
     _add_source_flags(p)
 
 
@@ -313,6 +330,7 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
     dataset, models = _resolve_names(study, args)
     sources = resolve_sources(args, dataset, models)
     num_samples, epochs = _resolve_budgets(study, args)
+    epoch_budget, time_budget_s = resolve_compute_budgets(args)
     sampler = _resolve_sampler(args, num_samples)
     check_seed("--seed", args.seed, UsageError)
     parse_address(args.address)
@@ -358,6 +376,8 @@ def resolve_spec(study: Study, argv: list[str] | None = None) -> SweepSpec:
         sampler=sampler,
         plugins=plugins,
         **sources,
+        epoch_budget=epoch_budget,
+        time_budget_s=time_budget_s,
         resume=args.resume,
         argv=tuple(a for a in raw_argv if a is not None),
     )
@@ -451,6 +471,8 @@ def _resolve_budgets(study: Study, args: argparse.Namespace) -> tuple[int, int]:
     """(trials, dense epochs), the study's (quick) values unless given, after checking them and
     the resources per trial."""
     num_samples = args.num_samples
+    if num_samples is None and (args.epoch_budget is not None or args.time_budget is not None):
+        num_samples = MAX_SAMPLES  # the budget alone ends the sweep
     if num_samples is None:
         num_samples = study.quick_num_samples if args.quick else study.num_samples
     if not 1 <= num_samples <= MAX_SAMPLES:
@@ -475,13 +497,39 @@ def _resolve_budgets(study: Study, args: argparse.Namespace) -> tuple[int, int]:
     return num_samples, epochs
 
 
+def resolve_compute_budgets(args: argparse.Namespace) -> tuple[int | None, float | None]:
+    """(``--epoch-budget`` in epochs, ``--time-budget`` in seconds), None where not given;
+    ``UsageError`` (one line) for a bad value, or an epoch budget with ``--grid`` (a grid runs
+    its protocol's recipes, every one; a budget sizes a search)."""
+    epochs = seconds = None
+    if args.epoch_budget is not None:
+        try:
+            epochs = parse_epoch_budget(args.epoch_budget)
+        except ValueError as err:
+            raise UsageError(f"--epoch-budget {err}") from None
+        if args.grid:
+            raise UsageError(
+                f"--epoch-budget {epochs} with --grid: a grid runs every recipe of the study's "
+                "protocol; leave out --grid to search within the budget, or use --time-budget"
+            )
+    if args.time_budget is not None:
+        try:
+            seconds = parse_duration(args.time_budget)
+        except ValueError as err:
+            raise UsageError(f"--time-budget {err}") from None
+    return epochs, seconds
+
+
 def _resolve_sampler(args: argparse.Namespace, num_samples: int) -> str:
     """The sampler (the default for ``num_samples`` unless given), after checking the
-    objectives and that the sampler takes that many."""
+    objectives and that the sampler takes that many. A sweep sized by a budget alone uses the
+    default of a search below ``NSGA2_FROM_TRIALS`` trials (the cost-aware TPE)."""
     try:
         parse_objectives(args.objectives)
     except ValueError as err:
         raise UsageError(f"--objectives: {err}") from None
+    if num_samples >= MAX_SAMPLES and args.num_samples is None:
+        num_samples = 1  # no trial count: the budget's search is the cost-aware one
     sampler = default_sampler(num_samples) if args.sampler is None else args.sampler
     try:
         check_sampler(sampler, len(parse_objectives(args.objectives)))

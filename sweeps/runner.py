@@ -37,7 +37,15 @@ from .analysis import (
     partial_fixed_reference,
     trial_table,
 )
-from .callbacks import TrialEndCallback, error_file_line
+from .budget import (
+    EXHAUSTED_TAG,
+    Budget,
+    epochs_of_runs,
+    format_seconds,
+    in_force,
+    process_age_s,
+)
+from .callbacks import BudgetStopper, TrialEndCallback, error_file_line
 from .catalog import step_metrics
 from .cli import (
     Study,
@@ -53,7 +61,7 @@ from .cli import (
 from .latency import remeasure_latency
 from .report import format_analysis, write_outputs
 from .scheduler import MOASHAScheduler
-from .search import grid_points, make_sampler, recipe_epochs
+from .search import grid_points, make_sampler, points_within, recipe_epochs
 from .tracking import (
     DEFAULT_TRACKING_URI,
     TrackingError,
@@ -124,6 +132,7 @@ class SweepOutcome:
     results_dir: str = ""  # where the CSV tables, pareto.png and report.md were written
     analysis: Any = None  # sweeps.pareto.Analysis of the finished trials
     failures: list[tuple[str, str]] = field(default_factory=list)  # (run name, why) per FAILED
+    budget: str = ""  # what the sweep was allowed and spent, in one line
 
 
 def say(msg: str) -> None:
@@ -593,6 +602,7 @@ class _Sweep:
     dense_totals: list[float] = field(default_factory=list)  # parameters of each dense model
     scheduler: MOASHAScheduler | None = None  # early stopping, if the sweep uses it
     interrupts: _Interrupts | None = None  # the driver's signal handling, for its safe points
+    budget: Budget = field(default_factory=Budget)  # trials, epochs, time: limits and account
 
     def progress(self, msg: str) -> None:
         """A progress line, and a safe point to stop at (after a dense epoch, a latency)."""
@@ -601,16 +611,23 @@ class _Sweep:
             self.interrupts.check()
 
 
-def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
+def run_sweep(
+    spec: SweepSpec, study: Study | None = None, started: float | None = None
+) -> SweepOutcome:
     """Run the sweep ``spec`` end to end (or, with ``spec.resume``, continue an interrupted one)
     and return its outcome.
 
     Everything that can be checked is checked before any MLflow run exists: the tracking URI,
     the dataset, the objectives, the Ray cluster and its resources. SIGINT/SIGTERM raise
     ``SweepInterrupted`` after the parent run and every unfinished child run are marked KILLED.
+    ``started``: the ``time.monotonic()`` its time budget counts from (default: now).
     """
-    sweep = _prepare(spec, study)
-    with _Interrupts() as interrupts, _ray_session(sweep, interrupts):
+    sweep = _prepare(spec, study, time.monotonic() if started is None else started)
+    with (
+        _Interrupts() as interrupts,
+        in_force(sweep.budget),
+        _ray_session(sweep, interrupts),
+    ):
         interrupts.check()
         _open_parent_run(sweep)
         interrupts.on_force = functools.partial(_force_states, sweep)
@@ -622,8 +639,12 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
             interrupts.check()
             tuner = _make_tuner(sweep)
             _fit(tuner, interrupts)
+            finish_started = time.monotonic()
+            _settle_budget(sweep)
             outcome = _finish(sweep)
             interrupts.check()
+            outcome.budget = _budget_summary(sweep, time.monotonic() - finish_started)
+            say(outcome.budget)
             status = "FINISHED"
             return outcome
         except KeyboardInterrupt as err:
@@ -646,8 +667,9 @@ def run_sweep(spec: SweepSpec, study: Study | None = None) -> SweepOutcome:
 # --- set-up: checks, Ray, interrupts, the parent run ---------------------------------------
 
 
-def _prepare(spec: SweepSpec, study: Study | None) -> _Sweep:
-    """The checks that need no Ray (objectives, tracking URI, dataset) and Ray Tune's settings."""
+def _prepare(spec: SweepSpec, study: Study | None, budget_start: float) -> _Sweep:
+    """The checks that need no Ray (objectives, tracking URI, dataset) and Ray Tune's settings;
+    the time budget counts from ``budget_start`` (``time.monotonic()``)."""
     started = time.perf_counter()
     objectives = parse_objectives(spec.objectives)
     target = resolve_tracking_uri(spec.tracking_uri)
@@ -667,7 +689,10 @@ def _prepare(spec: SweepSpec, study: Study | None) -> _Sweep:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Tune's experiment state (what --resume restores) at most this many seconds old
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_CHECKPOINT_S))
-    return _Sweep(spec, study, objectives, target, data, started)
+    trials = None if spec.grid else spec.num_samples
+    budget = Budget(trials=trials, epochs=spec.epoch_budget, seconds=spec.time_budget_s,
+                    started=budget_start)  # fmt: skip
+    return _Sweep(spec, study, objectives, target, data, started, budget=budget)
 
 
 @contextlib.contextmanager
@@ -723,6 +748,7 @@ def _open_parent_run(sweep: _Sweep) -> None:
         client, spec.experiment, sweep.target.artifact_location
     )
     if sweep.resumed is not None:
+        _resume_budget(sweep)  # may refuse (a budget already spent) before anything changes
         _reopen_parent_run(sweep)
     else:
         sweep.sweep_name = new_sweep_name(spec.study)
@@ -740,6 +766,9 @@ def _reopen_parent_run(sweep: _Sweep) -> None:
     client, resumed = sweep.client, sweep.resumed
     sweep.parent_id, sweep.sweep_name = resumed.info.run_id, resumed.data.tags["sweep"]
     client.update_run(sweep.parent_id, status="RUNNING")
+    if EXHAUSTED_TAG in resumed.data.tags:  # a budget ended it; this command has a new one
+        client.delete_tag(sweep.parent_id, EXHAUSTED_TAG)
+    client.set_tag(sweep.parent_id, "argv", json.dumps(sweep.spec.argv))  # what resumes next
     stale = end_unfinished_children(
         client, sweep.experiment_id, sweep.parent_id, "KILLED",
         {"killed_by": "resume: the sweep's driver had stopped"},
@@ -756,7 +785,8 @@ def _log_settings(sweep: _Sweep) -> None:
     settings["models"] = ",".join(settings["models"])
     del settings["argv"], settings["resume"]
     settings["plugins"] = ",".join(settings["plugins"])
-    for key in ("plugins", *SOURCE_SETTINGS):  # params only where the user gave them
+    # params only where the user gave them
+    for key in ("plugins", "epoch_budget", "time_budget_s", *SOURCE_SETTINGS):
         if settings[key] in (None, "", 0):
             del settings[key]
     if "normalize" in settings:
@@ -885,6 +915,9 @@ def _make_tuner(sweep: _Sweep) -> Any:
                 # 300 s): that copy is what --resume restores
                 sync_config=tune.SyncConfig(sync_period=TUNE_CHECKPOINT_S),
                 callbacks=[TrialEndCallback(context)],
+                # the time budget in force (sweeps.budget): every sweep has it, so that a
+                # --resume may give one to a sweep started without
+                stop=BudgetStopper(),
             ),
         )
 
@@ -911,10 +944,11 @@ def _restored_tuner(
         )
     try:
         # finished trials stay finished; trials that were running run again
-        return tune.Tuner.restore(
-            tune_path, trainable, resume_unfinished=True, resume_errored=False,
-            restart_errored=False, param_space=param_space,
-        )  # fmt: skip
+        with _tune_log_filter():
+            return tune.Tuner.restore(
+                tune_path, trainable, resume_unfinished=True, resume_errored=False,
+                restart_errored=False, param_space=param_space,
+            )  # fmt: skip
     except Exception as err:  # EOFError, pickle, JSON and Tune's own errors on a broken state
         if "://" in tune_path:  # a remote storage path is not ours to move
             raise UsageError(f"--resume {spec.resume}: Ray Tune's state in {tune_path} is "
@@ -971,10 +1005,11 @@ def _grid(sweep: _Sweep) -> tuple[Any, dict[str, Any]]:
 def _search(sweep: _Sweep) -> tuple[Any, None]:
     """(Tune config, no param space) of an Optuna search over the sweep's space."""
     from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
 
     from search_spaces import get_space
 
-    from .searcher import RungAwareOptunaSearch
+    from .searcher import BudgetedSearch, RungAwareOptunaSearch
 
     spec, objectives = sweep.spec, sweep.objectives
     rewinding = can_rewind(spec)
@@ -986,21 +1021,24 @@ def _search(sweep: _Sweep) -> tuple[Any, None]:
         spec.study, spec.quick, spec.space, models=spec.models,
         limit=max(1, spec.num_samples // GRID_POINTS_SHARE), rewinding=rewinding,
     )  # fmt: skip
+    recipe_cost = functools.partial(recipe_epochs, dense_epochs=spec.baseline_epochs)
+    if spec.epoch_budget is not None:  # at most half of an epoch budget on the grid's recipes
+        points = points_within(points, space, recipe_cost, spec.epoch_budget / 2)
     sampler_factory = functools.partial(
         make_sampler, spec.sampler, num_samples=spec.num_samples,
         n_objectives=len(objectives), enqueued=len(points),
     )  # fmt: skip
     # a model sampler's proposals are picked by their cost (fine-tune epochs, known from the
     # recipe) as CArBO's cost cooling does; random search stays the plain baseline, NSGA-II
-    # evolves a population of its own
+    # evolves a population of its own (under an epoch budget, every sampler's proposal must fit)
     cost_aware = spec.sampler in COST_AWARE_SAMPLERS
-    recipe_cost = functools.partial(recipe_epochs, dense_epochs=spec.baseline_epochs)
     search = RungAwareOptunaSearch(
         space,
         metric=[o.metric for o in objectives],
         mode=[o.mode for o in objectives],
-        cost=recipe_cost if cost_aware else None,
-        sampler_factory=sampler_factory if cost_aware else None,
+        cost=recipe_cost,
+        cost_aware=cost_aware,
+        sampler_factory=sampler_factory,
         budget=spec.num_samples,
         pick_seed=spec.seed,
         points_to_evaluate=points or None,
@@ -1009,11 +1047,13 @@ def _search(sweep: _Sweep) -> tuple[Any, None]:
     first = f", the first {len(points)} from the study's grid" if points else ""
     picks = (f"; each trial picked from {search.candidates} proposals by cost "
              "(fine-tune epochs, cost cooling)" if cost_aware else "")  # fmt: skip
-    say(f"Optuna search over space {spec.space!r}: {spec.num_samples} trials, "
+    say(f"Optuna search over space {spec.space!r}: {sweep.budget.limits()}, "
         f"sampler {spec.sampler}{first}{picks}")  # fmt: skip
+    # Ray Tune's concurrency limit, applied here: the budget's search generator wraps it
+    limited = ConcurrencyLimiter(search, spec.max_concurrent) if spec.max_concurrent else search
     tune_config = tune.TuneConfig(
-        search_alg=search, num_samples=spec.num_samples,
-        max_concurrent_trials=spec.max_concurrent, reuse_actors=True, scheduler=sweep.scheduler,
+        search_alg=BudgetedSearch(limited), num_samples=spec.num_samples,
+        reuse_actors=True, scheduler=sweep.scheduler,
     )  # fmt: skip
     return tune_config, None
 
@@ -1022,25 +1062,127 @@ def _search(sweep: _Sweep) -> tuple[Any, None]:
 
 
 class _WithoutTuneRestoreHint(logging.Filter):
-    """Drops Ray Tune's "Resume experiment with: Tuner.restore(...)" after an interrupt."""
+    """Drops Ray Tune's "Resume experiment with: Tuner.restore(...)" after an interrupt, and
+    its warning that a trial stopped before its first report has no result file (a trial the
+    time budget cut short): the sweep reads its results from MLflow, not from those files."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Resume experiment with" not in record.getMessage()
+        message = record.getMessage()
+        return "Resume experiment with" not in message and "Failed to fetch metrics" not in message
+
+
+@contextlib.contextmanager
+def _tune_log_filter() -> Iterator[None]:
+    """``_WithoutTuneRestoreHint`` on Ray Tune's loggers while the block runs."""
+    names = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+    logs = [logging.getLogger(name) for name in names]
+    hint = _WithoutTuneRestoreHint()
+    for log in logs:  # the sweep prints its own --resume command: one instruction
+        log.addFilter(hint)
+    try:
+        yield
+    finally:
+        for log in logs:
+            log.removeFilter(hint)
 
 
 def _fit(tuner: Any, interrupts: _Interrupts) -> None:
     """Run the trials; a SIGINT/SIGTERM meanwhile stops them and raises ``SweepInterrupted``."""
     interrupts.in_tune = True
-    tune_log = logging.getLogger("ray.tune.tune")
-    hint = _WithoutTuneRestoreHint()
-    tune_log.addFilter(hint)  # the sweep prints its own --resume command: one instruction
-    try:
+    with _tune_log_filter():
         tuner.fit()
-    finally:
-        tune_log.removeFilter(hint)
     interrupts.in_tune = False
     if interrupts.signum is not None:
         raise SweepInterrupted(interrupts.signum)
+
+
+# --- the budget: what a resumed sweep has left, what a sweep spent --------------------------------
+
+
+def resume_budget(
+    uri: str, experiment_id: str, parent: Any, spec: SweepSpec
+) -> tuple[float, float | None]:
+    """--resume: (epochs the sweep has spent, the seconds this command may take or None). The
+    epochs count against the epoch budget (the sweep's total); a time budget not given now is
+    what the last command left of its own. Raises ``UsageError`` (one line) when the budget is
+    spent already."""
+    name = parent.data.tags.get("sweep", parent.info.run_id)
+    children = child_runs(uri, experiment_id, parent.info.run_id, finished_only=False)
+    spent = epochs_of_runs(children)
+    if spec.epoch_budget is not None and spent >= spec.epoch_budget:
+        raise UsageError(
+            f"--epoch-budget {spec.epoch_budget}: sweep {name} has spent {spent:g} fine-tune "
+            "epochs already; give --resume a larger --epoch-budget (the sweep's total)"
+        )
+    if spec.time_budget_s is None:
+        return spent, None
+    started_with = json.loads(parent.data.tags.get("argv", "[]"))
+    given_now = spec.argv[len(started_with) :]
+    if any(a == "--time-budget" or a.startswith("--time-budget=") for a in given_now):
+        return spent, spec.time_budget_s  # this command's own budget
+    left = parent.data.metrics.get("time_budget_left_s")
+    if left is not None and left <= 0:
+        raise UsageError(
+            f"--time-budget: sweep {name} spent its time budget "
+            f"({format_seconds(spec.time_budget_s)}); give --resume a new --time-budget"
+        )
+    return spent, spec.time_budget_s if left is None else float(left)
+
+
+def _resume_budget(sweep: _Sweep) -> None:
+    """--resume: the budget in force learns what the sweep has spent (``resume_budget``)."""
+    spent, seconds = resume_budget(sweep.target.uri, sweep.experiment_id, sweep.resumed,
+                                   sweep.spec)  # fmt: skip
+    sweep.budget.epochs_before, sweep.budget.seconds = spent, seconds
+
+
+def _settle_budget(sweep: _Sweep) -> None:
+    """After Tune's loop: the child runs the deadline cut short are KILLED with tag
+    ``budget_exhausted=time``, and the parent run says which budget ended the sweep."""
+    budget, client = sweep.budget, sweep.client
+    if budget.exhausted == "time":
+        cut = end_unfinished_children(client, sweep.experiment_id, sweep.parent_id, "KILLED",
+                                      {EXHAUSTED_TAG: "time"})  # fmt: skip
+        children, _ = _children(sweep)
+        if len(children) and "tags.trial_id" in children:
+            tag = children.get(f"tags.{EXHAUSTED_TAG}")
+            for i, row in children.iterrows():
+                own_stop = row["status"] == "KILLED" and row["tags.trial_id"] in budget.cut_short
+                if own_stop and (tag is None or pd.isna(tag[i])):
+                    client.set_tag(row["run_id"], EXHAUSTED_TAG, "time")
+                    cut += 1
+        say(f"time budget of {format_seconds(budget.seconds or 0)} spent: {cut} running "
+            f"trial(s) stopped and marked KILLED (tag {EXHAUSTED_TAG}=time)")  # fmt: skip
+    if budget.exhausted:
+        client.set_tag(sweep.parent_id, EXHAUSTED_TAG, budget.exhausted)
+
+
+def _budget_summary(sweep: _Sweep, finish_s: float) -> str:
+    """One line: the limits, what the sweep spent (epochs from its child runs, this command's
+    seconds), what ended it and how long the final analysis took; the figures go on the
+    parent run too (``epochs_spent``, ``seconds_spent``, ``time_budget_left_s``)."""
+    budget, client, parent_id = sweep.budget, sweep.client, sweep.parent_id
+    children, _ = _children(sweep)
+    epochs = epochs_of_runs(children)
+    elapsed = budget.elapsed()
+    client.log_metric(parent_id, "epochs_spent", epochs)
+    client.log_metric(parent_id, "seconds_spent", elapsed)
+    if budget.seconds is not None:
+        left = 0.0 if budget.exhausted == "time" else max(0.0, budget.seconds - elapsed)
+        client.log_metric(parent_id, "time_budget_left_s", left)
+    ended = {"epochs": "the epoch budget (no recipe left fits)",
+             "time": "the time budget"}.get(budget.exhausted, "")  # fmt: skip
+    spent = f"{epochs:g} fine-tune epochs"
+    if budget.epochs is not None:
+        spent += f" of {budget.epochs:g}"
+    line = f"budget: {budget.limits()}; spent {spent} over {len(children)} child run(s)"
+    line += f", {format_seconds(elapsed)} in this command"
+    if budget.time_up_at is not None:
+        line += (f" (trials stopped at {format_seconds(budget.time_up_at - budget.started)}, "
+                 f"then the final analysis took {format_seconds(finish_s)})")  # fmt: skip
+    else:
+        line += f" (the final analysis took {format_seconds(finish_s)})"
+    return line + (f"; ended by {ended}" if ended else "")
 
 
 # --- finish: latency, analysis, artifacts, the parent run's metrics ------------------------
@@ -1200,7 +1342,7 @@ def resume_argv(study: Study, argv: list[str]) -> list[str]:
             f"--resume {args.resume!r} is a sweep of {parent.data.tags['study']}; run "
             f"{resume_module(parent.data.tags['study'])} --resume {args.resume}"
         )
-    if parent.info.status == "FINISHED":
+    if parent.info.status == "FINISHED" and not parent.data.tags.get(EXHAUSTED_TAG):
         raise UsageError(f"--resume {args.resume!r}: that sweep has finished; nothing to resume")
     if "argv" not in parent.data.tags:
         raise UsageError(f"--resume {args.resume!r}: the sweep was started by a version that "
@@ -1208,13 +1350,27 @@ def resume_argv(study: Study, argv: list[str]) -> list[str]:
     return [*json.loads(parent.data.tags["argv"]), *argv]
 
 
+def _check_resume_budget(spec: SweepSpec) -> None:
+    """``resume_budget`` of the sweep ``spec.resume`` names (``UsageError`` when spent)."""
+    from mlflow.tracking import MlflowClient
+
+    target = resolve_tracking_uri(spec.tracking_uri)
+    parent = find_sweep(MlflowClient(tracking_uri=target.uri), spec.resume)
+    if parent is not None:
+        resume_budget(target.uri, parent.info.experiment_id, parent, spec)
+
+
 def main(study: Study, argv: list[str] | None = None) -> int:
     """Command-line entry point of a sweep module; returns the exit status (0 done, 1 some trial
     failed, 2 bad input, 130 after SIGINT, 143 after SIGTERM)."""
+    # a command's time budget counts from its start: the interpreter's imports are its time too
+    started = time.monotonic() - (process_age_s() if argv is None else 0.0)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         spec = resolve_spec(study, resume_argv(study, argv))
-        outcome = run_sweep(spec, study)
+        if spec.resume:  # a budget already spent is refused before Ray or the data load
+            _check_resume_budget(spec)
+        outcome = run_sweep(spec, study, started)
     except (UsageError, TrackingError, DatasetUnavailable) as err:
         print(f"{study.command}: error: {err}", file=sys.stderr)
         return 2

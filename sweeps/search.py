@@ -282,3 +282,29 @@ def recipe_epochs(recipe: dict[str, Any], dense_epochs: int) -> int:
 
     p = PruneConfig.from_recipe(recipe)
     return p.iterations * p.epochs_per_step(dense_epochs)
+
+
+def points_within(
+    points: list[dict[str, Any]],
+    space: Callable[[Any], dict[str, Any]],
+    cost: Callable[[dict[str, Any]], float],
+    epochs: float,
+) -> list[dict[str, Any]]:
+    """The first of ``points`` (``grid_points``: the parameters ``space`` suggests) whose
+    recipes' ``cost`` (epochs) add up to at most ``epochs``, in order; a point that costs more
+    than what is left is skipped, a cheaper later one may still fit."""
+    from optuna.trial import FixedTrial
+
+    from search_spaces import SEARCH_KEYS
+
+    kept: list[dict[str, Any]] = []
+    left = float(epochs)
+    for point in points:
+        trial = FixedTrial(point)
+        constants = space(trial) or {}
+        recipe = {k: v for k, v in {**point, **constants}.items() if k not in SEARCH_KEYS}
+        epochs_of = float(cost(recipe))
+        if epochs_of <= left:
+            kept.append(point)
+            left -= epochs_of
+    return kept

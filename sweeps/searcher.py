@@ -51,10 +51,12 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import SEARCH_KEYS
 
+from .budget import active
 from .scheduler import LAST_RUNG_KEY, RUNG_KEY
 
 # Reported by every trial: the fine-tune (or rewound retraining) epochs it ran.
@@ -172,11 +174,16 @@ class RungAwareOptunaSearch(OptunaSearch):
         candidates: int = DEFAULT_CANDIDATES,
         budget: int | None = None,
         pick_seed: int | None = None,
+        cost_aware: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._cost = cost
         self._sampler_factory = sampler_factory
+        self._cost_aware = cost_aware
+        # (trials ended, epochs committed) when no proposal fitted the epoch budget: no new
+        # draw until that changes (Tune asks for a trial at every step of its loop)
+        self._blocked_at: tuple[int, float] | None = None
         self._candidates = candidates
         self._budget = budget
         self._pick_seed = pick_seed
@@ -199,25 +206,68 @@ class RungAwareOptunaSearch(OptunaSearch):
         """Proposals of the sampler each cost-aware pick chooses from."""
         return self._candidates
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
         """As ``OptunaSearch.suggest``; for a cost-aware search (see the class docstring) the
-        proposal is picked first and enqueued, once the study's own points are used up."""
+        proposal is picked first and enqueued, once the study's own points are used up. Under
+        an epoch budget (``sweeps.budget``) only a recipe that fits is proposed: None (ask again
+        later) while none fits and trials run, ``Searcher.FINISHED`` when none fits and none
+        runs."""
         internals, study = self._internals, self.study
-        if (
-            self._cost is not None
-            and self._sampler_factory is not None
-            and callable(internals.space)
-            and study is not None
-            and not internals.has_trial(trial_id)
-            and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        ):
-            study.enqueue_trial(self._cost_aware_pick())
-        return super().suggest(trial_id)
+        budget = active()
+        if budget is not None and budget.time_up():
+            return Searcher.FINISHED
+        if self._cost is not None and study is not None and not internals.has_trial(trial_id):
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            limited = budget is not None and budget.epochs is not None
+            if waiting and limited and not budget.fits(self._waiting_cost(waiting[0])):
+                return self._nothing_fits(budget)
+            if (
+                not waiting
+                and self._sampler_factory is not None
+                and callable(internals.space)
+                and (getattr(self, "_cost_aware", True) or limited)
+            ):
+                if limited and self._blocked_at == self._account(budget):
+                    return None  # nothing fitted, and nothing has ended since
+                pick = self._cost_aware_pick()
+                if pick is None:
+                    self._blocked_at = self._account(budget)
+                    return self._nothing_fits(budget)
+                study.enqueue_trial(pick)
+        config = super().suggest(trial_id)
+        if budget is not None and isinstance(config, dict) and self._cost is not None:
+            recipe = {k: v for k, v in config.items() if k not in SEARCH_KEYS}
+            budget.start(trial_id, float(self._cost(recipe)))
+        return config
 
-    def _cost_aware_pick(self) -> dict[str, Any]:
+    @staticmethod
+    def _account(budget: Any) -> tuple[int, float]:
+        """What changes when a trial ends: the ended trials and the epochs committed."""
+        return len(budget.done), budget.committed_epochs()
+
+    @staticmethod
+    def _nothing_fits(budget: Any) -> str | None:
+        """No recipe fits the epoch budget: wait while trials run (one may stop early and give
+        epochs back), else the search is over and the budget is what ended it."""
+        if budget.running:
+            return None
+        budget.exhausted = budget.exhausted or "epochs"
+        return Searcher.FINISHED
+
+    def _waiting_cost(self, frozen: Any) -> float:
+        """Epochs of an enqueued (grid) recipe, from the parameters it was enqueued with."""
+        fixed = dict(frozen.system_attrs.get("fixed_params", {}) or frozen.params)
+        try:
+            return float(self._cost(self._recipe(optuna.trial.FixedTrial(fixed))))
+        except Exception:  # a point the space cannot replay: charge nothing, as before
+            return 0.0
+
+    def _cost_aware_pick(self) -> dict[str, Any] | None:
         """Draw ``candidates`` proposals from the sampler on a copy of the study (so that the
         study itself sees only the trial that runs) and pick one with probability
-        proportional to cost ** -alpha (``cooled_cost_weights``, ``cooling_alpha``)."""
+        proportional to cost ** -alpha (``cooled_cost_weights``, ``cooling_alpha``; alpha 0,
+        a uniform pick, when the search is not cost-aware). Under an epoch budget only
+        proposals that fit are candidates; None when none does."""
         study = self._internals.study
         trials = [
             t for t in study.get_trials(deepcopy=False)
@@ -252,9 +302,21 @@ class RungAwareOptunaSearch(OptunaSearch):
                 costs = [costs[i] for i in fresh]
         finally:
             optuna.logging.set_verbosity(verbosity)
-        # without a budget there is no end to cool towards: cheap first throughout
-        alpha = (cooling_alpha(started, self._initial, self._budget) if self._budget
-                 else ALPHA_START)  # fmt: skip
+        budget = active()
+        if budget is not None and budget.epochs is not None:
+            fitting = [i for i, c in enumerate(costs) if budget.fits(c)]
+            if not fitting:
+                return None
+            proposals = [proposals[i] for i in fitting]
+            costs = [costs[i] for i in fitting]
+        if budget is not None:  # cools as the nearest limit (trials, epochs, time) is spent
+            alpha = ALPHA_START * (1.0 - budget.spent_share(started, self._initial))
+        elif self._budget:
+            alpha = cooling_alpha(started, self._initial, self._budget)
+        else:  # no budget: there is no end to cool towards, cheap first throughout
+            alpha = ALPHA_START
+        if not getattr(self, "_cost_aware", True):
+            alpha = 0.0
         rng = np.random.default_rng(seed)
         index = int(rng.choice(len(proposals), p=cooled_cost_weights(costs, alpha)))
         self.picks.append((alpha, tuple(costs), index))
@@ -268,6 +330,13 @@ class RungAwareOptunaSearch(OptunaSearch):
         constants = self._internals.space(trial) or {}
         return {k: v for k, v in {**trial.params, **constants}.items() if k not in SEARCH_KEYS}
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """As ``OptunaSearch.on_trial_result``; the budget in force learns the epochs run."""
+        budget = active()
+        if budget is not None and COST_METRIC in result:
+            budget.report(trial_id, float(result[COST_METRIC]))
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
@@ -275,6 +344,9 @@ class RungAwareOptunaSearch(OptunaSearch):
         an objective is not finite (divergence), else as ``OptunaSearch`` does (COMPLETE with
         its values, FAILED on an error)."""
         internals = self._internals
+        budget = active()
+        if budget is not None:
+            budget.end(trial_id, (result or {}).get(COST_METRIC))
         if internals.is_completed(trial_id) or error:
             return super().on_trial_complete(trial_id, result, error)
         if has_non_finite(result, internals.metric):
@@ -285,3 +357,31 @@ class RungAwareOptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result, error)
         internals.study.tell(internals.trial(trial_id), state=state)
         internals.mark_completed(trial_id)
+
+
+class BudgetedSearch(SearchGenerator):
+    """Ray Tune's ``SearchGenerator`` under the budget in force:
+
+    - its trial limit and whether the search is over are the budget's, not the saved state's, so
+      ``--resume`` of a sweep that a budget ended continues with the new budget;
+    - when the deadline stops the trials (Tune then calls ``set_finished``), the trials still
+      running are told to the searcher as failed, so Optuna and the concurrency limiter do not
+      keep them running for ever, and are named in the budget's ``cut_short``."""
+
+    def set_state(self, state: dict) -> None:
+        """Ray Tune's saved state, less its end: the budget in force decides that."""
+        super().set_state(state)
+        self._finished = False
+        budget = active()
+        if budget is not None and budget.trials is not None:
+            self._total_samples = budget.trials
+
+    def set_finished(self) -> None:
+        """As ``SearchGenerator.set_finished``; at the deadline, tell the running trials first."""
+        budget = active()
+        if budget is not None and budget.time_up_at is not None and budget.running:
+            for trial_id in list(budget.running):
+                budget.cut_short.add(trial_id)
+                self.on_trial_complete(trial_id, result=None, error=True)
+                budget.end(trial_id)
+        super().set_finished()
