@@ -73,7 +73,7 @@ class Variant:
 
     name: str
     flags: list[str]
-    trials: int
+    trials: int | None  # None: no --num-samples (a budget alone ends the sweep)
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Result:
 
     variant: str
     seed: int
-    trials: int
+    trials: int | None
     finished: int
     stopped: int
     failed: int
@@ -95,6 +95,8 @@ class Result:
     seconds: float
     # (epochs committed, hypervolume) after each child run ended, in order (``anytime_curve``)
     curve: list[tuple[float, float]]
+    runs: int = 0  # child runs
+    max_trial_epochs: float = 0.0  # the dearest child run's epochs
 
 
 def recipe_steps(row: dict, baseline_epochs: int) -> tuple[str, int, int]:
@@ -208,7 +210,8 @@ def run_one(variant: Variant, seed: int, tmp: str, cache: str, args: argparse.Na
 
     folder = os.path.join(tmp, f"{variant.name.replace(' ', '_').replace('+', '')}-{seed}")
     argv = [
-        *STUDY_ARGS, "--seed", str(seed), "--num-samples", str(variant.trials),
+        *STUDY_ARGS, "--seed", str(seed),
+        *(["--num-samples", str(variant.trials)] if variant.trials is not None else []),
         "--objectives", OBJECTIVES, "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
         "--experiment", "bench-search", "--cache-dir", cache,
         "--storage-path", f"{folder}/ray", "--results-dir", f"{folder}/results", *variant.flags,
@@ -246,6 +249,8 @@ def run_one(variant: Variant, seed: int, tmp: str, cache: str, args: argparse.Na
         front=len(analysis.front) if analysis else 0,
         seconds=seconds,
         curve=anytime_curve(rows, spec.baseline_epochs, analysis.reference) if analysis else [],
+        runs=len(rows),
+        max_trial_epochs=max((epochs_of_run(r, spec.baseline_epochs) for r in rows), default=0),
     )
 
 
@@ -345,7 +350,10 @@ def main() -> int:
     ap.add_argument("--max-concurrent", type=int, help="most trials at once per sweep")
     ap.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     ap.add_argument(
-        "--only", help="comma-separated searches to run: default+mo-asha, default, random (all)"
+        "--only",
+        help="comma-separated searches to run: default+mo-asha, default, random, budget (all; "
+        "budget, the default + MO-ASHA given half of random search's epochs through "
+        "--epoch-budget, needs random)",
     )
     ap.add_argument(
         "--keep", help="keep every sweep's MLflow store and Ray results under this folder"
@@ -362,11 +370,11 @@ def main() -> int:
     trials = args.trials or RUN_AHEAD * random_trials
     if not seeds or trials < 1 or random_trials < 1 or args.eta < 2:
         ap.error("--seeds needs a seed, --trials and --random-trials >= 1, --eta >= 2")
-    keys = ("default+mo-asha", "default", "random")
+    keys = ("default+mo-asha", "default", "random", "budget")
     only = [k.strip() for k in (args.only or ",".join(keys)).split(",") if k.strip()]
     unknown = [k for k in only if k not in keys]
-    if unknown or not only:
-        ap.error(f"--only {args.only!r}: choose from {', '.join(keys)}")
+    if unknown or not only or ("budget" in only and "random" not in only):
+        ap.error(f"--only {args.only!r}: choose from {', '.join(keys)} (budget needs random)")
     if args.keep:
         from prune_core.cliutils import check_writable_dir
 
@@ -396,7 +404,8 @@ def main() -> int:
         Variant(default, ["--early-stop", "none"], trials),
         Variant("random", ["--sampler", "random", "--early-stop", "none"], random_trials),
     ]  # fmt: skip
-    variants = [v for key, v in zip(keys, variants, strict=True) if key in only]
+    variants = [v for key, v in zip(keys[:3], variants, strict=True) if key in only]
+    budget_name = f"{default} + mo-asha, E/2"
     print("bench_search: sweeps.mnist_finetune " + " ".join(STUDY_ARGS))
     print(f"  torch {torch.__version__}, ray {ray.__version__}, python {platform.python_version()}")
     print(f"  {os.cpu_count()} CPUs, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -410,11 +419,18 @@ def main() -> int:
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         try:
             for seed in seeds:
-                for variant in variants:
+                seed_variants = list(variants)
+                for variant in seed_variants:
                     r = run_one(variant, seed, tmp, cache, args)
                     results.append(r)
+                    if variant.name == "random" and "budget" in only:
+                        # the default search given half of random search's epochs of this seed
+                        half = max(1, int(r.epochs // 2))
+                        flags = ["--early-stop", "mo-asha", "--eta", str(args.eta),
+                                 "--epoch-budget", str(half)]  # fmt: skip
+                        seed_variants.append(Variant(budget_name, flags, None))
                     print(
-                        f"  seed {seed} {variant.name:<18} trials {r.trials:>3}: finished "
+                        f"  seed {seed} {variant.name:<18} trials {r.runs:>3}: finished "
                         f"{r.finished}, stopped {r.stopped}, failed {r.failed}; front {r.front}; "
                         f"hypervolume {r.hypervolume:.4f} ({r.hypervolume_raw:.6g} against "
                         f"{r.reference}); epochs {r.epochs:g} (a perfect stopper: "
@@ -446,9 +462,10 @@ def main() -> int:
             f"{statistics.fmean(targets.values()):.4f}); HV at E/2: the search's hypervolume "
             "when it had spent half of E (runs still going charged in full)"
         )
+    budget_ok = budget_table(results, budget_name, budgets, targets)
     names = [v.name for v in variants]
     if "random" not in names or not names[0].endswith("mo-asha"):
-        return 0  # the target compares the default with early stopping against random search
+        return 1 if args.check and not budget_ok else 0
     best, rnd = summaries[variants[0].name], summaries["random"]
     hv_ratio = best["half_mean"] / rnd["hv_mean"] if rnd["hv_mean"] else math.nan
     ok = hv_ratio >= 1.0
@@ -475,7 +492,38 @@ def main() -> int:
         f"their first rung): {rnd['perfect_mean'] / rnd['ep_mean']:.3f}x its epochs, at its "
         "hypervolume"
     )
-    return 1 if args.check and not ok else 0
+    return 1 if args.check and not (ok and budget_ok) else 0
+
+
+def budget_table(
+    results: list[Result], name: str, budgets: dict[int, float], targets: dict[int, float]
+) -> bool:
+    """Print the ``--epoch-budget E/2`` search seed by seed against random search with E, and
+    its verdict: mean hypervolume at least random search's, and every sweep's epochs within one
+    trial's cost of its budget. True when both hold (or when it did not run)."""
+    runs = {r.seed: r for r in results if r.variant == name}
+    if not runs:
+        return True
+    print(f"\n{name}: --epoch-budget E/2 (no trial limit) against random search with E")
+    print(f"{'seed':>4}{'E':>7}{'budget':>8}{'spent':>7}{'dearest':>9}{'trials':>8}"
+          f"{'HV':>8}{'HV_r':>8}{'ratio':>7}")  # fmt: skip
+    within = True
+    for seed, r in sorted(runs.items()):
+        budget = max(1, int(budgets[seed] // 2))
+        # within one trial's cost: what is left is less than the dearest trial it ran
+        fits = r.epochs <= budget and budget - r.epochs < max(r.max_trial_epochs, 1.0)
+        within &= fits
+        print(f"{seed:>4}{budgets[seed]:>7g}{budget:>8}{r.epochs:>7g}{r.max_trial_epochs:>9g}"
+              f"{r.runs:>8}{r.hypervolume:>8.4f}{targets[seed]:>8.4f}"
+              f"{r.hypervolume / targets[seed]:>7.3f}"
+              f"{'' if fits else '  (not within one trial of the budget)'}")  # fmt: skip
+    hv = statistics.fmean(r.hypervolume for r in runs.values())
+    hv_r = statistics.fmean(targets[s] for s in runs)
+    ok = hv >= hv_r and within
+    print(f"mean hypervolume with E/2 epochs {hv:.4f} against random search's {hv_r:.4f} with E: "
+          f"{hv / hv_r:.3f}x; epochs within one trial's cost of the budget on "
+          f"{'every' if within else 'not every'} seed: {'PASS' if ok else 'FAIL'}")  # fmt: skip
+    return ok
 
 
 if __name__ == "__main__":

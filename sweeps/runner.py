@@ -230,6 +230,23 @@ def _check_resources(spec: SweepSpec, resources: dict[str, float]) -> SweepSpec:
     return spec
 
 
+def _check_local_gpus(spec: SweepSpec) -> None:
+    """A local Ray (no ``--address``, none running) has this machine's GPUs: refuse a GPU share
+    per trial it cannot give before anything starts (``_check_resources`` checks a cluster)."""
+    import ray
+
+    if spec.address or ray.is_initialized() or not spec.gpus_per_trial:
+        return
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus < spec.gpus_per_trial:
+        raise UsageError(
+            f"--gpus-per-trial {spec.gpus_per_trial:g}: this machine has {gpus} GPUs; pass "
+            "--gpus-per-trial 0 (or leave it out) or connect to a cluster with GPUs (--address)"
+        )
+
+
 def _check_address_reachable(address: str, timeout_s: float = 5.0) -> None:
     """For ``host:port`` (not ``auto``, not ``ray://``), fail within seconds if nothing listens
     there, instead of letting Ray retry for minutes."""
@@ -358,8 +375,7 @@ def _init_ray(spec: SweepSpec, tracking: TrackingTarget) -> tuple[bool, SweepSpe
         runtime_env["py_modules"] = shipped
     if ray.is_initialized():
         connected = False
-    elif spec.address:
-        _check_address_reachable(spec.address)
+    elif spec.address:  # reachable: checked by _prepare
         import prune_core
         import search_spaces
         import sweeps
@@ -672,6 +688,9 @@ def _prepare(spec: SweepSpec, study: Study | None, budget_start: float) -> _Swee
     the time budget counts from ``budget_start`` (``time.monotonic()``)."""
     started = time.perf_counter()
     objectives = parse_objectives(spec.objectives)
+    _check_local_gpus(spec)
+    if spec.address:  # seconds, before the data loads, rather than after
+        _check_address_reachable(spec.address)
     target = resolve_tracking_uri(spec.tracking_uri)
     try:
         data = load_dataset(

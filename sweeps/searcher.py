@@ -37,6 +37,13 @@ run's result (``sweeps.trial``). The search then runs more recipes for the same 
 reports its epochs (``COST_METRIC``), but they are not an Optuna objective: the sampler learns where
 the front is, the pick weighs what finding it costs.
 
+Under the sweep's budget (``sweeps.budget``), alpha falls with the share of the nearest limit
+spent (trials, epochs committed, seconds) instead of the trial count; under an epoch budget only
+proposals that fit what is left are candidates, for every sampler (random search and NSGA-II then
+pick uniformly among them, alpha 0), and the search waits while none fits and trials run, and is
+over when none fits and none runs. ``BudgetedSearch`` is Ray Tune's search generator under that
+budget.
+
 A diverged trial reports NaN objectives. Optuna 5 refuses NaN values in ``tell``, and
 ``OptunaSearch`` only logs that refusal, which left the trial RUNNING in the Optuna study for the
 rest of the sweep. ``RungAwareOptunaSearch`` tells it as FAILED.

@@ -94,6 +94,35 @@ def fill(args: list[str], **values: str) -> list[str]:
 # (args after --quick, needles: the flag first); every row also gets a SQLite tracking URI in
 # tmp_path unless it gives its own --tracking-uri (argparse: the last one wins)
 SWEEP_ROWS = [
+    # budgets (sweeps.budget)
+    pytest.param(["--epoch-budget", "0"], ["--epoch-budget 0", "1.."], id="epoch-budget-0"),
+    pytest.param(["--epoch-budget", "-5"], ["--epoch-budget -5", "1.."], id="epoch-budget-neg"),
+    pytest.param(
+        ["--epoch-budget", "abc"], ["--epoch-budget 'abc'", "integer"], id="epoch-budget-text"
+    ),  # fmt: skip
+    pytest.param(
+        ["--epoch-budget", "10", "--grid"],
+        ["--epoch-budget 10 with --grid"],
+        id="epoch-budget-grid",
+    ),  # fmt: skip
+    pytest.param(
+        ["--time-budget", "0s"], ["--time-budget '0s'", "more than 0 s"], id="time-budget-0"
+    ),  # fmt: skip
+    pytest.param(
+        ["--time-budget", "1x"], ["--time-budget '1x'", "s, m, h or d"], id="time-budget-unit"
+    ),  # fmt: skip
+    # resources and the cluster, refused before the data loads or Ray starts
+    pytest.param(
+        ["--gpus-per-trial", "4"],
+        ["--gpus-per-trial 4", "GPUs", "--gpus-per-trial 0"],
+        id="gpus-without-gpus",
+        marks=pytest.mark.skipif(torch.cuda.device_count() >= 4, reason="this machine has 4"),
+    ),
+    pytest.param(
+        ["--address", "127.0.0.1:1"],
+        ["--address 127.0.0.1:1", "no Ray cluster"],
+        id="address-nothing-listens",
+    ),  # fmt: skip
     # early stopping and the sampler
     pytest.param(["--eta", "1"], ["--eta 1", ">= 2"], id="eta-1"),
     pytest.param(["--eta", "x"], ["--eta", "invalid int value"], id="eta-text"),

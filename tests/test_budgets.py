@@ -10,7 +10,7 @@ import time
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from ray.tune.search import SearchGenerator, Searcher
+from ray.tune.search import Searcher, SearchGenerator
 
 from sweeps.budget import Budget, in_force, parse_duration, parse_epoch_budget
 from sweeps.callbacks import BudgetStopper
@@ -55,8 +55,9 @@ def test_the_account_by_hand():
     budget.end("b")  # no count given: what it reported last
     assert budget.done == {"a": 2.0, "b": 3.0} and budget.committed_epochs() == 5
     # a resumed sweep's earlier epochs count too
-    assert Budget(epochs=10, epochs_before=7).fits(3) and not Budget(epochs=10,
-                                                                     epochs_before=8).fits(3)
+    assert Budget(epochs=10, epochs_before=7).fits(3) and not Budget(
+        epochs=10, epochs_before=8
+    ).fits(3)
     # the share spent is the nearest limit's: trials past the 2 enqueued, epochs, seconds
     assert Budget(trials=12).spent_share(7, 2) == 0.5
     shares = Budget(trials=12, epochs=20, epochs_before=15)
