@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import glob
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from .analysis import (
 )
 from .budget import (
     EXHAUSTED_TAG,
+    EXIT_RESERVE_S,
     Budget,
     epochs_of_runs,
     format_seconds,
@@ -722,6 +724,8 @@ def _ray_session(sweep: _Sweep, interrupts: _Interrupts) -> Iterator[None]:
 
     with _ray_keeps_our_sigterm():
         connected, sweep.spec = _init_ray(sweep.spec, sweep.target)
+    if connected and sweep.spec.time_budget_s:  # this command shuts its Ray down at the end
+        sweep.budget.reserve_s = min(EXIT_RESERVE_S, sweep.spec.time_budget_s / 4)
     interrupts.install()
     try:
         yield
@@ -961,6 +965,11 @@ def _restored_tuner(
             f"--resume {spec.resume}: no Ray Tune state in {tune_path}; on a "
             "cluster, --storage-path must be storage every node shares (NFS)"
         )
+    if not _saved_trials(tune_path):
+        # Ray Tune fails to restore a state without trials (IndexError in its controller, with
+        # a traceback): a sweep stopped before its first trial has nothing to restore anyway
+        say(f"Ray Tune's saved state in {tune_path} has no trial yet: starting its loop afresh")
+        return fresh()
     try:
         # finished trials stay finished; trials that were running run again
         with _tune_log_filter():
@@ -979,6 +988,21 @@ def _restored_tuner(
             f"to {aside}; continuing from what MLflow holds (finished recipes are reused)"
         )
         return fresh()
+
+
+def _saved_trials(tune_path: str) -> int:
+    """Trials in Ray Tune's newest saved experiment state under ``tune_path`` (a local folder);
+    -1 when that cannot be read here (a remote URI, or a state Tune itself must judge)."""
+    if "://" in tune_path:
+        return -1
+    states = sorted(glob.glob(os.path.join(tune_path, "experiment_state-*.json")))
+    if not states:
+        return -1
+    try:
+        with open(states[-1]) as fh:
+            return len(json.load(fh).get("trial_data", []))
+    except (OSError, ValueError, AttributeError):
+        return -1
 
 
 def _scheduler(sweep: _Sweep) -> MOASHAScheduler | None:

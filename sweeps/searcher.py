@@ -234,7 +234,7 @@ class RungAwareOptunaSearch(OptunaSearch):
                 and callable(internals.space)
                 and (getattr(self, "_cost_aware", True) or limited)
             ):
-                if limited and self._blocked_at == self._account(budget):
+                if limited and getattr(self, "_blocked_at", None) == self._account(budget):
                     return None  # nothing fitted, and nothing has ended since
                 pick = self._cost_aware_pick()
                 if pick is None:
