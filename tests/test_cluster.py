@@ -525,3 +525,66 @@ def test_sqlite_on_several_nodes_stops_before_any_trial(tmp_path, ray_cluster, c
     assert "python -m sweeps.server" in line and "--tracking-uri http://" in line  # what instead
     assert not db.exists()  # no experiment, no run
     assert not any((tmp_path / "baselines").glob("*"))  # no dense training either
+
+
+@pytest.mark.slow
+def test_a_user_package_sweep_on_two_nodes_resumes_after_sigint(
+    tmp_path, mlflow_server, ray_cluster
+):
+    """The user's package sweep as a command on the two-node cluster: SIGINT once its trials
+    run (exit 130, nothing RUNNING), then ``--resume`` (the package again only on the driver's
+    PYTHONPATH) finishes it on the worker nodes."""
+    from mlflow.tracking import MlflowClient
+    from user_package import write_user_package
+
+    code = write_user_package(tmp_path / "code")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(REPO)])}
+    args = _sweep_args(tmp_path, mlflow_server.uri, ray_cluster.address, samples=4) + [
+        "--model", "userpkg.models:build", "--dataset", "userpkg.data:load",
+        "--experiment", "cluster-resume", "--max-concurrent", "1",
+    ]  # fmt: skip
+    client = MlflowClient(mlflow_server.uri)
+
+    def children() -> list:
+        experiment = client.get_experiment_by_name("cluster-resume")
+        if experiment is None:
+            return []
+        runs = client.search_runs([experiment.experiment_id])
+        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeps", *args], cwd=REPO, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(r.info.status == "FINISHED" for r in children()):
+                break  # a trial has run on a worker: stop the sweep in the middle
+            time.sleep(0.5)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        leftover = _stop(_session(proc.pid))
+    assert not leftover, f"the sweep left processes running: {sorted(leftover)}"
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    resume = err.strip().splitlines()[-1].strip()
+    assert resume.startswith("python -m sweeps --resume "), err[-3000:]
+    assert {r.info.status for r in children()} <= {"FINISHED", "KILLED"}
+    finished_before = sum(r.info.status == "FINISHED" for r in children())
+    assert finished_before < 4
+
+    name = resume.split()[4]
+    again = subprocess.run(
+        [sys.executable, "-m", "sweeps", "--resume", name, "--tracking-uri", mlflow_server.uri],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = children()
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 4 and {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+    workers = {node.node_id for node in ray_cluster.worker_nodes}
+    assert {r.data.params["node_id"] for r in finished} <= workers
+    assert all(r.data.params["model"] == "userpkg.models:build" for r in finished)
