@@ -3,8 +3,14 @@ by (sum of trial durations / concurrency). 1.0 would mean the driver, Ray Tune a
 nothing to the trials' own time; the rest is start-up, scheduling, tracking and the final report.
 
     python benchmarks/bench_sweep_overhead.py                       # 100 tiny trials (load run)
+    python benchmarks/bench_sweep_overhead.py --trial-seconds 1      # 100 trials of about 1 s
     python benchmarks/bench_sweep_overhead.py --model resnet18 --dataset digits --trials 6
                                                                     # the quick ResNet-18 sweep
+
+``--trial-seconds S`` sizes the synthetic training split so that a trial's own work (its
+retraining epochs) takes about S seconds: one epoch is timed here first, on one thread as a
+trial trains, and the split gets as many images as ``TYPICAL_EPOCHS`` such epochs fit in S s.
+The median child-run duration is printed, so the S it reached is visible.
 
 Everything runs in a temporary folder (MLflow SQLite store, baseline cache, Ray results). Trial
 durations are the child runs' MLflow start-to-end times; concurrency is the number of trials
@@ -15,6 +21,7 @@ checks the load contract: every child run FINISHED with every contract metric.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import platform
@@ -25,6 +32,53 @@ import time
 import torch
 
 CONTRACT = ("test_accuracy", "sparsity", "nonzero_params", "total_params")
+# Calibration epochs in a typical trial of the quick space (resnet18_iterative: one-shot or 2-3
+# iterations of 1-2 fine-tune epochs, cheap recipes picked more often), its evaluations, and a
+# trial epoch's being slower than the calibration's (two trials and the driver share the cores):
+# set so that the median trial of `--trial-seconds 1` took about 1 s on the 2-core VM (with 2.0,
+# 66,000 images, the median trial took 1.87 s).
+TYPICAL_EPOCHS = 3.7
+# Training images of the calibration epoch (a few tenths of a second of one core for the mlp).
+CALIBRATION_IMAGES = 8192
+
+
+def epoch_seconds_per_image(model: str, seed: int) -> float:
+    """Seconds one training epoch takes per image of the synthetic data, on one thread (a
+    trial's ``--cpus-per-trial 1``), measured on ``CALIBRATION_IMAGES`` images."""
+    from prune_core.data import load_synthetic
+    from prune_core.models import build_model
+    from prune_core.train import train_epochs
+
+    data = load_synthetic(seed=seed, n_train=CALIBRATION_IMAGES)
+    net = build_model(model, data.in_channels, data.num_classes, data.image_size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        quiet = lambda msg: None  # noqa: E731
+        train_epochs(net, data, epochs=1, lr=0.01, log=quiet)  # warm-up: first-call allocations
+        start = time.perf_counter()
+        train_epochs(net, data, epochs=1, lr=0.01, log=quiet)
+        return (time.perf_counter() - start) / CALIBRATION_IMAGES
+    finally:
+        torch.set_num_threads(threads)
+
+
+def sized_synthetic(trial_seconds: float, model: str, seed: int) -> str:
+    """Register a synthetic dataset whose training split makes a trial of ``model`` take about
+    ``trial_seconds`` of its own work; returns its name (the sweep's ``--dataset``). The driver
+    loads the data and sends it to the trials, so the name needs registering here only."""
+    from prune_core.data import DATASETS, load_synthetic
+
+    per_image = epoch_seconds_per_image(model, seed)
+    # 2 significant digits: runs a few percent apart in their calibration get the same data
+    n_train = max(256, int(float(f"{trial_seconds / TYPICAL_EPOCHS / per_image:.2g}")))
+    name = f"synthetic_{n_train}"
+    if name not in DATASETS.names():
+        DATASETS.register(name)(functools.partial(load_synthetic, n_train=n_train))
+    print(f"--trial-seconds {trial_seconds:g}: one epoch {per_image * 1e6:.1f} us per image on "
+          f"1 thread; {n_train} training images ({TYPICAL_EPOCHS:g} epochs of "
+          f"{trial_seconds:g} s)", flush=True)  # fmt: skip
+    return name
 
 
 def main() -> int:
@@ -41,7 +95,17 @@ def main() -> int:
         help="none (default: every trial runs to its end, the load contract) or mo-asha",
     )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0, help="seed of the sweep")
+    ap.add_argument(
+        "--trial-seconds", type=float,
+        help="size the synthetic training split so that a trial's own work takes about this "
+        "many seconds (default: the 256 images of `synthetic`, about 0.1 s)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.trial_seconds is not None and args.dataset != "synthetic":
+        ap.error("--trial-seconds sizes the synthetic dataset: use it with --dataset synthetic")
+    dataset = args.dataset
+    if args.trial_seconds is not None:
+        dataset = sized_synthetic(args.trial_seconds, args.model, args.seed)
 
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -54,7 +118,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray", dir="/tmp"))
         argv = [
-            "--quick", "--model", args.model, "--dataset", args.dataset,
+            "--quick", "--model", args.model, "--dataset", dataset,
             "--num-samples", str(args.trials), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",
             "--experiment", "overhead", "--cache-dir", f"{tmp}/baselines",
             "--storage-path", f"{tmp}/ray", "--results-dir", f"{tmp}/results",
@@ -94,7 +158,7 @@ def main() -> int:
         )
 
     print(f"bench_sweep_overhead: sweeps.{args.study}, {args.trials} trials of {args.model} "
-          f"on {args.dataset}")  # fmt: skip
+          f"on {dataset}")  # fmt: skip
     print(f"  torch {torch.__version__}, python {platform.python_version()}, {cpus} CPUs, "
           f"{spec.cpus_per_trial:g} CPU per trial, concurrency {concurrency}")  # fmt: skip
     print(f"  load average before: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}")

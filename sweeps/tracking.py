@@ -236,12 +236,35 @@ def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
 
 def log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
     """Log ``metrics`` at ``step`` in one batch."""
+    log_records(client, run_id, {step: metrics})
+
+
+def log_records(
+    client: Any,
+    run_id: str,
+    metrics: dict[int, dict[str, float]] | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Log metrics of several steps (``{step: {name: value}}``), params (values as strings) and
+    tags in one ``log_batch`` call: one request and one store transaction instead of one per
+    kind and step (each costs a trial about 5 ms on a SQLite store). Every metric gets the same
+    timestamp (ms), as separate calls made within the same millisecond would."""
     import time
 
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    client.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(v), now, step)
+            for step, values in (metrics or {}).items()
+            for k, v in values.items()
+        ],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
 
 
 def child_runs(

@@ -37,7 +37,7 @@ from prune_core.structured import save_pruned_model
 from prune_core.train import TrainingDiverged, cosine_lr
 
 from .catalog import extra_metrics, final_metrics, measure_final, step_metrics
-from .tracking import log_metrics, log_params, retire_replaced_run, tagged_child_runs
+from .tracking import log_params, log_records, retire_replaced_run, tagged_child_runs
 
 # Per-step metrics of the MLflow contract, reported to Tune and logged with step = prune iteration.
 CONTRACT_METRICS = step_metrics()
@@ -354,12 +354,11 @@ class TrialReporter:
         tune.report({**values, **pending, "epochs_run": epochs_run, "step": rung, "rung": rung,
                      "last_rung": self.plan.last_rung})  # fmt: skip
 
-    def _log_epochs(self, epochs_run: int, test_accuracy: float) -> None:
-        """One point of the epoch axis: ``epochs_run`` and ``epoch_test_accuracy`` at step =
-        the retraining epochs run so far."""
-        log_metrics(self.client, self.run_id, {"epochs_run": float(epochs_run),
-                                               "epoch_test_accuracy": test_accuracy},
-                    step=epochs_run)  # fmt: skip
+    @staticmethod
+    def _epoch_point(epochs_run: int, test_accuracy: float) -> dict[str, float]:
+        """One point of the epoch axis (logged at step = ``epochs_run``, the retraining epochs
+        run so far): ``epochs_run`` and ``epoch_test_accuracy``."""
+        return {"epochs_run": float(epochs_run), "epoch_test_accuracy": test_accuracy}
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
         """After prune step ``step``: log it (contract metrics at step = iteration, the epoch
@@ -367,11 +366,15 @@ class TrialReporter:
         the final measurements, which are objectives too)."""
         values = {k: metrics[k] for k in CONTRACT_METRICS}
         epochs_run = step * self.plan.epochs_per_step
-        log_metrics(self.client, self.run_id, values, step=step)
+        # both axes in one batch; where their steps coincide (a one-epoch recipe's step 2 is
+        # also 2 epochs run) the names differ, so the two points share that step's entry
+        points: dict[int, dict[str, float]] = {step: dict(values)}
         # without retraining every step has 0 epochs: one point (the final one), not several
         # at step 0 where MLflow's latest would be decided by timestamp
         if self.plan.epochs_per_step > 0 or step == self.plan.last_step:
-            self._log_epochs(epochs_run, values["test_accuracy"])
+            point = self._epoch_point(epochs_run, values["test_accuracy"])
+            points.setdefault(epochs_run, {}).update(point)
+        log_records(self.client, self.run_id, points)
         if step < self.plan.last_step:
             self._pending(values, step, float(epochs_run))
 
@@ -379,7 +382,8 @@ class TrialReporter:
         """After retraining epoch ``epoch`` of a one-shot recipe (not the last, which ``step``
         logs): a point of the epoch axis and a rung for Tune."""
         values = {k: metrics[k] for k in CONTRACT_METRICS}
-        self._log_epochs(epoch, values["test_accuracy"])
+        log_records(self.client, self.run_id,
+                    {epoch: self._epoch_point(epoch, values["test_accuracy"])})  # fmt: skip
         self._pending(values, epoch, float(epoch))
 
 
@@ -405,9 +409,10 @@ def run_recipe(client: Any, run_id: str, plan: TrialPlan, data: Any) -> None:
     measured = measure_final(result.measurements, result.model, example)
     extra = {**measured, "permanent_test_accuracy": result.permanent_test_accuracy}
     extra["accuracy_change"] = result.final["test_accuracy"] - result.dense_test_accuracy
-    log_metrics(client, run_id, extra, step=plan.last_step)
     latency_params = ("latency_batch_size", "latency_device", "latency_threads")
-    log_params(client, run_id, {k: result.measurements[k] for k in latency_params})
+    # the final measurements and how latency was timed: one batch
+    log_records(client, run_id, {plan.last_step: extra},
+                params={k: result.measurements[k] for k in latency_params})  # fmt: skip
     log_artifacts(client, run_id, plan, result, data)
     client.set_terminated(run_id, "FINISHED")
     final = {k: result.final[k] for k in CONTRACT_METRICS}
@@ -418,19 +423,20 @@ def run_recipe(client: Any, run_id: str, plan: TrialPlan, data: Any) -> None:
 
 def log_artifacts(client: Any, run_id: str, plan: TrialPlan, result: Any, data: Any) -> None:
     """The permanent pruned checkpoint (a shrunk model as plain data when channels were removed)
-    and the per-layer sparsity, as artifacts of the child run."""
+    and the per-layer sparsity, as artifacts of the child run: ``checkpoints/<run name>.pt`` and
+    ``layer_sparsity.json``, laid out in a folder and uploaded in one call (each call looks the
+    run's artifact location up again)."""
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = os.path.join(tmp, f"{plan.run_name}.pt")
+        os.makedirs(os.path.join(tmp, "checkpoints"))
+        ckpt = os.path.join(tmp, "checkpoints", f"{plan.run_name}.pt")
         if plan.cfg.prune.remove_channels:
             save_pruned_model(result.model, ckpt, plan.cfg.model.name, data.in_channels,
                               data.num_classes, data.image_size)  # fmt: skip
         else:
             save_state({k: v.cpu() for k, v in result.model.state_dict().items()}, ckpt)
-        client.log_artifact(run_id, ckpt, artifact_path="checkpoints")
-        layers = os.path.join(tmp, "layer_sparsity.json")
-        with open(layers, "w") as fh:
+        with open(os.path.join(tmp, "layer_sparsity.json"), "w") as fh:
             json.dump(result.layer_sparsity, fh, indent=1)
-        client.log_artifact(run_id, layers)
+        client.log_artifacts(run_id, tmp)
 
 
 def record_divergence(client: Any, run_id: str, plan: TrialPlan, err: TrainingDiverged) -> None:

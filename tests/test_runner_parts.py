@@ -95,3 +95,35 @@ def test_run_sweep_reads_as_named_phases():
     lengths = _function_lengths("runner")
     (run_sweep,) = [n for f, n in lengths.items() if f.startswith("run_sweep:")]
     assert run_sweep <= RUN_SWEEP_MAX_LINES
+
+
+class _EndedTrial:
+    """What ``TrialEndCallback.on_trial_complete`` reads of a Ray Tune trial."""
+
+    def __init__(self, last_result):
+        self.trial_id, self.last_result = "t1", last_result
+
+
+@pytest.mark.parametrize(
+    ("last_result", "searches"),
+    [
+        ({"rung": 3, "last_rung": 3, "step": 3}, False),  # the finished recipe's final report
+        ({"rung": 2, "last_rung": 2, "replayed": 1}, False),  # a FINISHED run's result replayed
+        ({"rung": 0, "diverged": 1}, False),  # FAILED (diverged) before it reported
+        ({"rung": 1, "last_rung": 3, "step": 1}, True),  # stopped early: its run may be RUNNING
+        (None, True),  # ended before any report
+    ],
+)
+def test_trial_end_callback_searches_only_for_runs_that_may_be_running(
+    monkeypatch, last_result, searches
+):
+    # a trial's final report comes after it ended its child run, so the callback's search for
+    # RUNNING runs (a store query per trial in the driver's loop) is skipped; any other end
+    # may leave a RUNNING run, which the callback must find and end
+    asked = []
+    monkeypatch.setattr(
+        TrialEndCallback, "_runs", lambda self, client, trial: asked.append(1) or []
+    )
+    monkeypatch.setattr(TrialEndCallback, "_client", lambda self: object())
+    TrialEndCallback(_context()).on_trial_complete(0, [], _EndedTrial(last_result))
+    assert bool(asked) is searches
