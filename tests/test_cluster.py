@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import http.client
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -569,7 +570,10 @@ def test_a_user_package_sweep_on_two_nodes_resumes_after_sigint(
         leftover = _stop(_session(proc.pid))
     assert not leftover, f"the sweep left processes running: {sorted(leftover)}"
     assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
+    # the driver's own output has no traceback (Ray may forward a stopped worker's KeyboardInterrupt
+    # from its actor's shutdown, as "(prune_trial pid=N) Traceback ...": the worker's, not ours)
+    own = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in err.splitlines()]
+    assert not [line for line in own if "Traceback" in line and "pid=" not in line], err[-3000:]
     resume = err.strip().splitlines()[-1].strip()
     assert resume.startswith("python -m sweeps --resume "), err[-3000:]
     assert {r.info.status for r in children()} <= {"FINISHED", "KILLED"}
