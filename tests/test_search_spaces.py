@@ -126,6 +126,8 @@ def check_unstructured(params, constants, recipe, quick):
     check_target(params, recipe, 0.3, 0.99)
     assert recipe["retrain"] in ("finetune", "weight_rewind", "lr_rewind")
     assert isinstance(recipe["include_bias"], bool)
+    # no unstructured method protects the classifier itself: the choice is always offered
+    assert isinstance(params["exclude_last"], bool)
     assert constants == {"target_sparsity": recipe["target_sparsity"]}
     check_common(recipe, quick)
 
@@ -140,6 +142,8 @@ def check_structured(params, constants, recipe, quick):
         assert not {"log_density", "target_sparsity", "schedule", "nm_m"} & set(params)
     # include_bias only as the constant that channel removal needs
     assert ("include_bias" in recipe) == bool(recipe.get("remove_channels"))
+    assert "exclude_last" not in recipe  # whole filters: ln_structured keeps the output layer
+
     if recipe["method"] == "ln_structured":
         assert ("remove_channels" in recipe) == (recipe["scope"] == "layer")
     check_common(recipe, quick)
@@ -158,6 +162,8 @@ def check_full(params, constants, recipe, quick):
     else:
         check_target(params, recipe, 0.3, 0.99)
         assert isinstance(recipe["include_bias"], bool)
+    # ln_structured never prunes the classifier, so keeping it dense is no choice there
+    assert ("exclude_last" in params) == (recipe["method"] != "ln_structured")
     check_common(recipe, quick)
 
 
@@ -184,6 +190,7 @@ EXPECTED_VALUES = {
         "retrain": {"finetune", "weight_rewind", "lr_rewind"},
         "rewind_epoch": set(REWIND_EPOCHS),
         "include_bias": {False, True},
+        "exclude_last": {False, True},
     },
     "structured": {
         "method": {"ln_structured", "l1_unstructured", "random_unstructured", "nm"},
@@ -209,6 +216,7 @@ EXPECTED_VALUES = {
         "remove_channels": {False, True},
         "nm_n": {1, 2, 4},
         "include_bias": {False, True},
+        "exclude_last": {False, True},
     },
 }
 
@@ -220,8 +228,9 @@ def test_registered_spaces():
 def test_recipe_keys_are_prune_config_fields_and_method_options():
     fields = {f.name for f in dataclasses.fields(PruneConfig)} - {"options"}
     options = {"norm", "scope", "nm_n", "nm_m"}  # ln_structured's and nm's, from their entries
-    assert set(RECIPE_KEYS) == (fields - {"exclude_first", "exclude_last"}) | options
-    assert len(RECIPE_KEYS) == len(set(RECIPE_KEYS)) == 15
+    # exclude_first stays out (never varied); exclude_last is a recipe key (spaces suggest it)
+    assert set(RECIPE_KEYS) == (fields - {"exclude_first"}) | options
+    assert len(RECIPE_KEYS) == len(set(RECIPE_KEYS)) == 16
 
 
 def test_full_space_covers_every_registered_method():
@@ -321,7 +330,7 @@ def test_unknown_space_lists_names():
 GRID_COUNTS = {
     "mnist_cnn_l1": 1,
     "mnist_magnitude_vs_structured": 8,
-    "mnist_finetune": 5,
+    "mnist_finetune": 6,
     "cifar_cnn_structured": 5,
     "resnet18_iterative": 12,
 }
@@ -374,13 +383,60 @@ def test_magnitude_vs_structured_grid():
             assert (r["norm"], r["scope"]) == (2, "layer")
 
 
-@pytest.mark.parametrize("quick, epochs", [(False, 2), (True, 1)])
-def test_mnist_finetune_grid(quick, epochs):
+@pytest.mark.parametrize("quick, epochs, lr", [(False, 2, 1e-3), (True, 1, 0.01)])
+def test_mnist_finetune_grid(quick, epochs, lr):
     recipes = get_grid("mnist_finetune", quick=quick)
-    assert [r["target_sparsity"] for r in recipes] == [0.3, 0.5, 0.7, 0.9, 0.99]
+    # the study's five rates prune every layer; the sixth keeps the output layer dense at 99%
+    assert [(r["target_sparsity"], r.get("exclude_last", False)) for r in recipes] == [
+        (0.3, False), (0.5, False), (0.7, False), (0.9, False), (0.99, False), (0.99, True),
+    ]  # fmt: skip
     for r in recipes:
         assert r["method"] == "global_magnitude" and r["schedule"] == "oneshot"
-        assert r["finetune_epochs"] == epochs and r["lr"] > 0
+        # Adam at 1e-3 (0.01 undid the dense model in the first fine-tune epoch on real MNIST);
+        # --quick's one digits epoch (23 steps) needs 0.01 to recover
+        assert r["finetune_epochs"] == epochs and r["lr"] == lr
+    # the protected recipe is the 99% protocol recipe plus exclude_last, nothing else
+    assert recipes[5] == {**recipes[4], "exclude_last": True}
+
+
+def _hash(recipe: dict) -> str:
+    from prune_core.config import ExperimentConfig
+
+    return ExperimentConfig(prune=PruneConfig.from_recipe(recipe)).short_hash()
+
+
+def test_exclude_last_as_a_recipe_key_keeps_existing_hashes():
+    # recipes written before exclude_last became a recipe key hash as they did (the values
+    # were computed by the code before that change), and spelling out the default is the same
+    # recipe; only exclude_last=True is a new recipe
+    before = {
+        "mnist_cnn_l1": "bfa4ca3006",
+        "mnist_magnitude_vs_structured": "074c46c451",
+        "resnet18_iterative": "b6d005b0dc",
+    }
+    for name, expected in before.items():
+        recipe = get_grid(name)[0]
+        assert _hash(recipe) == _hash({**recipe, "exclude_last": False}) == expected, name
+        assert _hash({**recipe, "exclude_last": True}) != expected
+    fine = get_grid("mnist_finetune")
+    assert _hash(fine[4]) != _hash(fine[5])  # the two 99% rows are two configs
+
+
+def test_protected_and_han_recipes_are_points_of_the_unstructured_space():
+    # the search can propose them: each is exactly what some suggestions of the space give
+    from search_spaces.grids import HAN_MLP_RECIPE
+    from sweeps.search import as_point
+
+    space = get_space("unstructured")
+    for recipe in (get_grid("mnist_finetune")[5], HAN_MLP_RECIPE):
+        point = as_point(recipe, space)
+        assert point is not None, recipe
+        assert point["exclude_last"] is recipe.get("exclude_last", False)
+        assert (
+            target_from_log_density(point["log_density"], (0.3, 0.99))
+            == (recipe["target_sparsity"])
+        )
+    assert HAN_MLP_RECIPE["target_sparsity"] == 0.92
 
 
 def test_cifar_grid_prunes_the_first_conv():
@@ -541,13 +597,18 @@ def test_grid_points_are_the_grid_recipes_the_space_can_propose():
     assert points[0] == {
         "method": "global_magnitude", "log_density": math.log10(0.7), "schedule": "oneshot",
         "retrain": "finetune", "finetune_epochs": 1, "lr": 0.01, "include_bias": False,
+        "exclude_last": False,
     }  # fmt: skip
     targets = [target_from_log_density(p["log_density"], (0.3, 0.99)) for p in points]
-    assert targets == [0.3, 0.5, 0.7, 0.9, 0.99]
-    # the ResNet-18 space suggests fewer keys (method and iterations are its constants)
-    assert grid_points("mnist_finetune", True, "resnet18_iterative")[0] == {
+    assert targets == [0.3, 0.5, 0.7, 0.9, 0.99, 0.99]
+    assert [p["exclude_last"] for p in points] == [False] * 5 + [True]
+    # the ResNet-18 space suggests fewer keys (method and iterations are its constants) and
+    # never keeps the output layer dense: the protected recipe is not one of its points
+    resnet = grid_points("mnist_finetune", True, "resnet18_iterative")
+    assert resnet[0] == {
         "log_density": math.log10(0.7), "schedule": "oneshot", "finetune_epochs": 1, "lr": 0.01,
     }  # fmt: skip
+    assert len(resnet) == 5
     # no fine-tuning (finetune_epochs 0) is outside every space's 1..5: no points
     assert grid_points("mnist_cnn_l1", False, "unstructured") == []
     # the study's 3 and 5 fine-tune epochs exceed --quick's 1..2; the full space holds all 12
@@ -557,7 +618,7 @@ def test_grid_points_are_the_grid_recipes_the_space_can_propose():
     picked = grid_points("resnet18_iterative", False, "resnet18_iterative", limit=3)
     assert picked == [full[0], full[6], full[11]]  # spread over the grid
     two = grid_points("mnist_finetune", True, "unstructured", models=("mlp", "cnn"))
-    assert [p["model"] for p in two[:4]] == ["mlp", "cnn", "mlp", "cnn"] and len(two) == 10
+    assert [p["model"] for p in two[:4]] == ["mlp", "cnn", "mlp", "cnn"] and len(two) == 12
 
 
 def test_optuna_search_takes_the_sampler_and_runs_the_grid_first():
