@@ -6,8 +6,8 @@ Each recipe runs as a sweep trial runs it, without Ray or MLflow: the dense base
 (``sweeps.cli.resolve_spec`` -> ``sweeps.runner.base_config``; cached in ``--cache-dir``, by
 default the sweeps' own cache, so a later sweep reuses it), and each grid recipe goes through
 ``PruneConfig.from_recipe`` and ``prune_core.experiment.run_pruning``. Rows are named as the sweep
-names its runs (``sweeps.trial.recipe_run_name``), with ``[protected]`` added where the recipe
-keeps the output layer dense (the run name does not say so).
+names its runs (``sweeps.trial.recipe_run_name``: ``_keeplast`` where the recipe keeps the output
+layer dense).
 
 Beside each row: ``before``, what the issue that changed the defaults (issue 25) measured on
 real MNIST with the old defaults (Adam at 0.01 for fine-tuning), and ``original``, the figure of
@@ -153,7 +153,7 @@ def run_recipe(base: Any, recipe: dict[str, Any], data: Any, baseline: Any) -> d
     name = recipe_run_name(base.model.name, recipe, base.train.epochs)
     final = result.final
     return {
-        "run_name": name + (" [protected]" if prune.exclude_last else ""),
+        "run_name": name,
         "model": base.model.name,
         "method": prune.method,
         "target_sparsity": prune.target_sparsity,

@@ -90,8 +90,8 @@ def recipe_run_name(model: str, recipe: dict[str, Any], dense_epochs: int | None
     The number after the schedule is the retraining epochs per step (fine-tune epochs; for
     rewinding, the ``dense_epochs - rewind_epoch`` epochs of the replayed dense schedule); after
     the underscore, iterations. The method's part comes from its registry entry (``prune`` for
-    global magnitude, ``l2_structured``, ``nm2of4``, a plugin's name and options); rewinding and
-    channel removal are named too.
+    global magnitude, ``l2_structured``, ``nm2of4``, a plugin's name and options); rewinding,
+    channel removal and a dense output layer (``_keeplast``) are named too.
     """
     entry = get_method(recipe.get("method", "global_magnitude"))
     schedule = recipe.get("schedule", "oneshot")
@@ -110,6 +110,8 @@ def recipe_run_name(model: str, recipe: dict[str, Any], dense_epochs: int | None
         name += f"_{retrain}{recipe.get('rewind_epoch', 1)}"
     if recipe.get("remove_channels"):
         name += "_removed"
+    if recipe.get("exclude_last") and not entry.protects_classifier:
+        name += "_keeplast"  # the output layer left dense (a method that always does says so)
     return name
 
 
@@ -146,6 +148,8 @@ def trial_params(cfg: ExperimentConfig, device: str) -> dict[str, Any]:
         params["remove_channels"] = p.remove_channels
     if p.include_bias:
         params["include_bias"] = True
+    if p.exclude_last and not entry.protects_classifier:
+        params["exclude_last"] = True
     if p.layers:
         params["layers"] = ",".join(p.layers)
     return params

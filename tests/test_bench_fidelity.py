@@ -80,7 +80,7 @@ def test_tiny_run_covers_the_grid_and_the_han_recipe(mnist_root, tmp_path, capsy
         assert 0 <= r["accuracy"] <= 100
     names = [r["run_name"] for r in fine]
     assert names[4] == "mlp_prune_99perc_oneshot2"
-    assert names[5] == "mlp_prune_99perc_oneshot2 [protected]"
+    assert names[5] == "mlp_prune_99perc_oneshot2_keeplast"
     (han,) = [r for r in rows if r["study"] == "han"]
     assert han["recipe"] == HAN_MLP_RECIPE and han["sparsity"] == pytest.approx(0.92, abs=1e-3)
     # the printed table: each row beside issue 25's figure, and the Han et al. comparison

@@ -60,3 +60,15 @@ def test_weight_rewind_trains_the_logged_epochs():
     assert retrain_lines[-1].startswith(f"[retrain step 1/1] epoch {epochs}/{epochs}")
     assert trial_params(cfg, "cpu")["finetune_epochs"] == epochs
     assert lr == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi / 3)))  # 0.0375
+
+
+def test_a_dense_output_layer_is_named_and_logged():
+    recipe = {"target_sparsity": 0.99, "finetune_epochs": 2, "exclude_last": True}
+    assert recipe_run_name("mlp", recipe) == "mlp_prune_99perc_oneshot2_keeplast"
+    assert recipe_run_name("mlp", {**recipe, "exclude_last": False}) == "mlp_prune_99perc_oneshot2"
+    cfg = ExperimentConfig(prune=PruneConfig(target_sparsity=0.99, exclude_last=True))
+    assert trial_params(cfg, "cpu")["exclude_last"] is True
+    assert "exclude_last" not in trial_params(ExperimentConfig(), "cpu")
+    # ln_structured never prunes the output layer: nothing to tell apart, nothing added
+    structured = {"method": "ln_structured", "target_sparsity": 0.5, "exclude_last": True}
+    assert recipe_run_name("cnn", structured) == "cnn_l1_structured_50perc_oneshot1"
