@@ -145,7 +145,10 @@ def say(msg: str) -> None:
 def base_config(spec: SweepSpec, model: str) -> ExperimentConfig:
     """The data/model/training config of ``model``'s dense baseline in this sweep."""
     rewind: tuple[int, ...] = ()
-    if spec.space in REWINDING_SPACES and not spec.grid and not spec.init_checkpoint:
+    # a search of a rewinding space, or a grid with a rewinding recipe, keeps the dense snapshots
+    # (the same ones, so the grid's baseline is the search's, cache entry included)
+    searched = spec.space in REWINDING_SPACES and not spec.grid
+    if (searched or (spec.grid and grid_rewinds(spec))) and not spec.init_checkpoint:
         from search_spaces import REWIND_EPOCHS
 
         rewind = tuple(e for e in REWIND_EPOCHS if e < spec.baseline_epochs)
@@ -162,6 +165,16 @@ def base_config(spec: SweepSpec, model: str) -> ExperimentConfig:
         ),
         seed=spec.seed,
     )  # fmt: skip
+
+
+def grid_rewinds(spec: SweepSpec) -> bool:
+    """True if a recipe of the study's grid rewinds (weights or learning rate) to a dense
+    snapshot (``mnist_han``); the protocol grids fine-tune."""
+    from search_spaces import GRIDS, get_grid
+
+    if spec.study not in GRIDS:
+        return False
+    return any(r.get("retrain", "finetune") != "finetune" for r in get_grid(spec.study, spec.quick))
 
 
 def can_rewind(spec: SweepSpec) -> bool:

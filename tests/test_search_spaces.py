@@ -331,6 +331,7 @@ GRID_COUNTS = {
     "mnist_cnn_l1": 1,
     "mnist_magnitude_vs_structured": 8,
     "mnist_finetune": 6,
+    "mnist_han": 1,
     "cifar_cnn_structured": 5,
     "resnet18_iterative": 12,
 }

@@ -144,3 +144,42 @@ def test_each_study_trains_its_baseline_with_its_own_recipe(
         assert (quick.train.epochs, quick.data.batch_size) == (
             study.quick_baseline_epochs, study.quick_batch_size,
         )  # fmt: skip
+
+
+def test_the_han_grid_rewinds_from_the_search_baseline():
+    from sweeps import mnist_han
+
+    grid = resolve_spec(mnist_han.STUDY, ["--grid", "--dataset", "mnist", "--no-download"])
+    search = resolve_spec(mnist_finetune.STUDY, ["--dataset", "mnist", "--no-download"])
+    protocol = resolve_spec(mnist_finetune.STUDY, ["--grid", "--dataset", "mnist", "--no-download"])
+    han = base_config(grid, "mlp")
+    # the Han recipe rewinds to dense epoch 1: its grid keeps the search's snapshots (epochs
+    # 0, 1, 2 of 5), so its dense MLP is the very baseline a search of mnist_finetune trains
+    assert han.train.rewind_epochs == (0, 1, 2)
+    assert han.baseline_hash() == base_config(search, "mlp").baseline_hash()
+    # the protocol grids fine-tune: no snapshots, their baseline as before
+    assert base_config(protocol, "mlp").train.rewind_epochs == ()
+    assert grid.models == ("mlp",) and grid.baseline_epochs == 5
+
+
+@pytest.mark.slow
+def test_the_han_recipe_runs_as_a_sweep(tmp_path, ray_tmpdir):
+    import mlflow
+
+    from sweeps import mnist_han
+    from sweeps.runner import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = [
+        "--quick", "--grid", "--tracking-uri", uri, "--experiment", "han",
+        "--cache-dir", str(tmp_path / "baselines"), "--storage-path", str(tmp_path / "ray"),
+        "--results-dir", str(tmp_path / "results"),
+    ]  # fmt: skip
+    assert main(mnist_han.STUDY, argv) == 0
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["han"])
+    child = runs[runs["tags.mlflow.parentRunId"].notna()].iloc[0]
+    # 5 steps to 92%, each retraining the 15 - 1 = 14 epochs after the dense snapshot of epoch 1
+    assert child["tags.mlflow.runName"] == "mlp_prune_92perc_iterative14_5_weight_rewind1"
+    assert child["status"] == "FINISHED" and child["metrics.sparsity"] == pytest.approx(0.92)
+    assert child["metrics.epochs_run"] == 5 * 14
