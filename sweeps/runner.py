@@ -135,6 +135,7 @@ class SweepOutcome:
     analysis: Any = None  # sweeps.pareto.Analysis of the finished trials
     failures: list[tuple[str, str]] = field(default_factory=list)  # (run name, why) per FAILED
     budget: str = ""  # what the sweep was allowed and spent, in one line
+    budget_exhausted: str = ""  # "epochs" or "time" when a budget ended the sweep
 
 
 def say(msg: str) -> None:
@@ -668,13 +669,19 @@ def run_sweep(
             _log_settings(sweep)
             _train_baselines(sweep)
             interrupts.check()
-            tuner = _make_tuner(sweep)
-            _fit(tuner, interrupts)
+            if sweep.budget.time_up():  # Tune would stop at once, racing its own first save
+                sweep.budget.exhausted = "time"
+                say(f"the time budget of {format_seconds(sweep.budget.seconds or 0)} was spent "
+                    f"before any trial ({format_seconds(sweep.budget.elapsed())}: the imports, "
+                    "Ray's start, the data and the dense baseline)")  # fmt: skip
+            else:
+                _fit(_make_tuner(sweep), interrupts)
             finish_started = time.monotonic()
             _settle_budget(sweep)
             outcome = _finish(sweep)
             interrupts.check()
             outcome.budget = _budget_summary(sweep, time.monotonic() - finish_started)
+            outcome.budget_exhausted = sweep.budget.exhausted
             say(outcome.budget)
             status = "FINISHED"
             return outcome
@@ -973,6 +980,8 @@ def _restored_tuner(
 
     spec = sweep.spec
     tune_path = _tune_path(spec.storage_path, sweep.sweep_name)
+    if not tune.Tuner.can_restore(tune_path) and EXHAUSTED_TAG in sweep.resumed.data.tags:
+        return fresh()  # its budget ended it before Tune started: nothing to restore
     if not tune.Tuner.can_restore(tune_path):
         raise UsageError(
             f"--resume {spec.resume}: no Ray Tune state in {tune_path}; on a "
@@ -1448,8 +1457,14 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         for name, why in outcome.failures:
             print(f"  {name}: {why}", file=sys.stderr)
     if outcome.runs.empty:
-        print(f"no trial finished ({outcome.failed_trials} failed); see the Ray output above",
-              file=sys.stderr)  # fmt: skip
+        if outcome.budget_exhausted:
+            print(f"no trial finished within the {outcome.budget_exhausted} budget "
+                  f"({outcome.failed_trials} failed): give a larger one (--time-budget counts "
+                  "from the command's start: Ray's start and the dense baseline too)",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print(f"no trial finished ({outcome.failed_trials} failed); see the Ray output above",
+                  file=sys.stderr)  # fmt: skip
         return 1
     for name, frame in outcome.tables.items():
         print(f"\n{name}\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
