@@ -1,0 +1,56 @@
+"""The sweep service: one module per study (``python -m sweeps.<study>``), ``python -m sweeps``
+for the user's own model and data.
+
+When Python runs one of them (``python -m sweeps...``: this package is imported first, while
+``sys.argv[0]`` is still ``-m``), a SIGINT or SIGTERM that arrives while the modules below import
+torch, Ray and MLflow (several seconds) is recorded here rather than raised inside an import: a
+KeyboardInterrupt raised there was once swallowed by a library's import and the sweep ran on
+(exit 0, 17 s later). ``sweeps.runner.main`` takes the recorded signal first and ends the command
+with 128 + its number; a second signal in that window ends the process at once. Imported as a
+library (``import sweeps``), nothing is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+_early_signal: int | None = None
+_installed = False
+
+
+def _record(signum: int, _frame: object) -> None:
+    """The import window's handler: remember the first signal, end at once on the second."""
+    global _early_signal
+    if _early_signal is not None:
+        os._exit(128 + signum)  # nothing exists yet: no store, no run, no process of ours
+    _early_signal = signum
+
+
+def take_early_signal() -> int | None:
+    """The signal that came while the command imported its modules (or None), after putting
+    Python's own handlers back (the sweep installs its own when it starts)."""
+    global _installed
+    if _installed:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _installed = False
+    return _early_signal
+
+
+def _runs_a_sweep() -> bool:
+    """True while ``python -m sweeps`` or ``python -m sweeps.<study>`` starts (not the
+    ``sweeps.pareto`` and ``sweeps.server`` commands, which handle signals their own way)."""
+    if sys.argv[:1] != ["-m"] or threading.current_thread() is not threading.main_thread():
+        return False
+    command = list(getattr(sys, "orig_argv", []))
+    target = command[command.index("-m") + 1] if "-m" in command[:-1] else ""
+    return target.startswith("sweeps") and target not in ("sweeps.pareto", "sweeps.server")
+
+
+if _runs_a_sweep():
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _record)
+    _installed = True

@@ -31,6 +31,7 @@ from prune_core.plugins import split_plugin
 from prune_core.sources import SourceError, is_source
 from prune_core.train import pick_device
 
+from . import take_early_signal
 from .analysis import (
     Objective,
     analyse,
@@ -1430,6 +1431,11 @@ def main(study: Study, argv: list[str] | None = None) -> int:
     failed, 2 bad input, 130 after SIGINT, 143 after SIGTERM)."""
     # a command's time budget counts from its start: the interpreter's imports are its time too
     started = time.monotonic() - (process_age_s() if argv is None else 0.0)
+    early = take_early_signal()  # a signal while the modules imported (see sweeps/__init__.py)
+    if early is not None:
+        print(f"interrupted by {signal.Signals(early).name} before the sweep started; nothing "
+              "to resume", file=sys.stderr)  # fmt: skip
+        return 128 + early
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         spec = resolve_spec(study, resume_argv(study, argv))

@@ -38,3 +38,31 @@ def test_interrupted_sweep_stops_cleanly(tmp_path, signum, after_line, delay_s, 
     assert out.running_runs == 0
     assert out.left_processes == 0
     assert "Traceback" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_while_the_modules_import_ends_the_command(tmp_path, signum):
+    """Half a second in, the command is importing torch, Ray and MLflow: the signal is recorded
+    (sweeps/__init__.py), not raised inside an import, and the command ends 128 + N with one
+    line before anything exists."""
+    import os
+    import subprocess
+    import time
+
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
+    args = ["--quick", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage-path", str(tmp_path / "ray"), "--results-dir", str(tmp_path / "results"),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.mnist_finetune", *args], cwd=bench.REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(0.5)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert err.strip().splitlines() == [
+        f"interrupted by {signal.Signals(signum).name} before the sweep started; nothing to resume"
+    ]
+    assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == []
