@@ -42,6 +42,11 @@ def finetune_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "accuracy": rows["test_accuracy"],
             "parameters": rows["nonzero_params"].astype("int64"),
             "size_mb": rows["sparse_size_bytes"] / MB,
+            # the grid's 99% recipe twice: the study's, and with the output layer kept dense
+            "output_layer": [
+                "dense" if str(name).endswith("_keeplast") else "pruned"
+                for name in rows["run_name"]
+            ],
         }).reset_index(drop=True)  # fmt: skip
     return tables
 

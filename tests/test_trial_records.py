@@ -72,3 +72,19 @@ def test_a_dense_output_layer_is_named_and_logged():
     # ln_structured never prunes the output layer: nothing to tell apart, nothing added
     structured = {"method": "ln_structured", "target_sparsity": 0.5, "exclude_last": True}
     assert recipe_run_name("cnn", structured) == "cnn_l1_structured_50perc_oneshot1"
+
+
+def test_the_finetune_table_tells_the_two_99_percent_rows_apart():
+    import pandas as pd
+
+    from sweeps.studies import finetune_tables
+
+    names = ["mlp_prune_99perc_oneshot2", "mlp_prune_99perc_oneshot2_keeplast"]
+    runs = pd.DataFrame({
+        "model": ["mlp", "mlp"], "target_sparsity": [0.99, 0.99], "sparsity": [0.99, 0.985],
+        "test_accuracy": [0.26, 0.93], "nonzero_params": [3072, 4062],
+        "sparse_size_bytes": [1e5, 1.1e5], "run_name": names,
+    })  # fmt: skip
+    table = finetune_tables(runs)["mlp_pruning_results.csv"]
+    assert list(table["output_layer"]) == ["pruned", "dense"]
+    assert list(table["accuracy"]) == [0.26, 0.93]
