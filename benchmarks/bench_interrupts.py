@@ -113,7 +113,8 @@ def moment_of(log_text: str) -> str:
     lines = [line for line in log_text.splitlines() if line.startswith("[sweep] ")]
     if not any(line.startswith("[sweep] sweep ") for line in lines):
         return "start"
-    if "Pareto front over" in log_text:  # the sweep returned; its tables are being printed
+    # the sweep's last line (its budget) or its tables: it has returned, and prints
+    if "Pareto front over" in log_text or lines[-1].startswith("[sweep] budget: "):
         return "printing"
     last = lines[-1]
     if "latency" in last:

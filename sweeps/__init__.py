@@ -5,9 +5,11 @@ When Python runs one of them (``python -m sweeps...``: this package is imported 
 ``sys.argv[0]`` is still ``-m``), a SIGINT or SIGTERM that arrives while the modules below import
 torch, Ray and MLflow (several seconds) is recorded here rather than raised inside an import: a
 KeyboardInterrupt raised there was once swallowed by a library's import and the sweep ran on
-(exit 0, 17 s later). ``sweeps.runner.main`` takes the recorded signal first and ends the command
-with 128 + its number; a second signal in that window ends the process at once. Imported as a
-library (``import sweeps``), nothing is installed.
+(exit 0, 17 s later). ``sweeps.runner.main`` looks at the recorded signal first and ends the
+command with 128 + its number; the handler stays until the sweep installs its own, which adopt a
+signal recorded meanwhile (while the arguments are read and the data loads); a second signal in
+that window ends the process at once. Imported as a library (``import sweeps``), nothing is
+installed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import sys
 import threading
 
 _early_signal: int | None = None
-_installed = False
 
 
 def _record(signum: int, _frame: object) -> None:
@@ -29,14 +30,10 @@ def _record(signum: int, _frame: object) -> None:
     _early_signal = signum
 
 
-def take_early_signal() -> int | None:
-    """The signal that came while the command imported its modules (or None), after putting
-    Python's own handlers back (the sweep installs its own when it starts)."""
-    global _installed
-    if _installed:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _installed = False
+def early_signal() -> int | None:
+    """The first signal recorded here (or None): it came while the command imported its
+    modules, read its arguments or loaded its data, before the sweep's own handlers
+    (``sweeps.runner._Interrupts``) took over and adopted it."""
     return _early_signal
 
 
@@ -53,4 +50,3 @@ def _runs_a_sweep() -> bool:
 if _runs_a_sweep():
     for _sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_sig, _record)
-    _installed = True

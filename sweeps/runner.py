@@ -31,7 +31,7 @@ from prune_core.plugins import split_plugin
 from prune_core.sources import SourceError, is_source
 from prune_core.train import pick_device
 
-from . import take_early_signal
+from . import early_signal
 from .analysis import (
     Objective,
     analyse,
@@ -547,6 +547,8 @@ class _Interrupts:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous = signal.signal(sig, self.handle)
                 self._previous.setdefault(sig, previous)
+        if self.signum is None and early_signal() is not None:
+            self.signum = early_signal()  # recorded before these handlers existed: stop now
 
     def __enter__(self) -> _Interrupts:
         self.install()
@@ -680,10 +682,10 @@ def run_sweep(
             finish_started = time.monotonic()
             _settle_budget(sweep)
             outcome = _finish(sweep)
-            interrupts.check()
             outcome.budget = _budget_summary(sweep, time.monotonic() - finish_started)
             outcome.budget_exhausted = sweep.budget.exhausted
             say(outcome.budget)
+            interrupts.check()  # the last safe point: a signal after it meets a finished sweep
             status = "FINISHED"
             return outcome
         except KeyboardInterrupt as err:
@@ -743,6 +745,7 @@ def _ray_session(sweep: _Sweep, interrupts: _Interrupts) -> Iterator[None]:
     share), and leave it at the end if this call joined."""
     import ray
 
+    interrupts.check()  # a signal the handlers adopted (sweeps/__init__.py): no Ray to start
     with _ray_keeps_our_sigterm():
         connected, sweep.spec = _init_ray(sweep.spec, sweep.target)
     if connected and sweep.spec.time_budget_s:  # this command shuts its Ray down at the end
@@ -1429,9 +1432,10 @@ def _check_resume_budget(spec: SweepSpec) -> None:
 def main(study: Study, argv: list[str] | None = None) -> int:
     """Command-line entry point of a sweep module; returns the exit status (0 done, 1 some trial
     failed, 2 bad input, 130 after SIGINT, 143 after SIGTERM)."""
+    command = argv is None  # run as `python -m sweeps...`, not called from Python code
     # a command's time budget counts from its start: the interpreter's imports are its time too
-    started = time.monotonic() - (process_age_s() if argv is None else 0.0)
-    early = take_early_signal()  # a signal while the modules imported (see sweeps/__init__.py)
+    started = time.monotonic() - (process_age_s() if command else 0.0)
+    early = early_signal()  # a signal while the modules imported (see sweeps/__init__.py)
     if early is not None:
         print(f"interrupted by {signal.Signals(early).name} before the sweep started; nothing "
               "to resume", file=sys.stderr)  # fmt: skip
@@ -1457,6 +1461,13 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         else:
             print(f"interrupted by {signal.Signals(signum).name} before the sweep started; "
                   "nothing to resume", file=sys.stderr)  # fmt: skip
+        if command:
+            # the run states are written and Ray is left; a signal that cut into Ray's own C++
+            # (a socket read during its start) made its teardown at the interpreter's exit
+            # abort (SIGABRT, status -6; 1 sweep of a 40-sweep storm): exit without it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
         return 128 + signum
     if outcome.failures:
         print(f"{len(outcome.failures)} trial(s) failed:", file=sys.stderr)
