@@ -30,6 +30,14 @@ def _record(signum: int, _frame: object) -> None:
     _early_signal = signum
 
 
+def note_signal(signum: int) -> None:
+    """Remember ``signum`` as if it had come here (the sweep's handlers caught it after the
+    sweep's last safe point), so that the command still ends 128 + its number."""
+    global _early_signal
+    if _early_signal is None:
+        _early_signal = signum
+
+
 def early_signal() -> int | None:
     """The first signal recorded here (or None): it came while the command imported its
     modules, read its arguments or loaded its data, before the sweep's own handlers
@@ -47,6 +55,24 @@ def _runs_a_sweep() -> bool:
     return target.startswith("sweeps") and target not in ("sweeps.pareto", "sweeps.server")
 
 
+# Ray's C++ failure-signal handler, which Ray reads when it is imported (below), took SIGTERM
+# from the sweep's handler while Ray shut down at the end (the command then ended -15, killed,
+# instead of 143): the driver goes without it; ``sweeps.runner.main`` takes the variable out of
+# the environment again before Ray starts, so Ray's own processes and the trials keep theirs.
+FAILURE_HANDLER_ENV = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
+_set_failure_env = False
+
 if _runs_a_sweep():
     for _sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_sig, _record)
+    if FAILURE_HANDLER_ENV not in os.environ:
+        os.environ[FAILURE_HANDLER_ENV] = "1"
+        _set_failure_env = True
+
+
+def restore_failure_env() -> None:
+    """Take ``FAILURE_HANDLER_ENV`` out of the environment again if this module put it there."""
+    global _set_failure_env
+    if _set_failure_env:
+        os.environ.pop(FAILURE_HANDLER_ENV, None)
+        _set_failure_env = False

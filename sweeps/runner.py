@@ -31,7 +31,7 @@ from prune_core.plugins import split_plugin
 from prune_core.sources import SourceError, is_source
 from prune_core.train import pick_device
 
-from . import early_signal
+from . import early_signal, note_signal, restore_failure_env
 from .analysis import (
     Objective,
     analyse,
@@ -554,7 +554,9 @@ class _Interrupts:
         self.install()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None and self.signum is not None:
+            note_signal(self.signum)  # after the last safe point: the command still ends 128 + N
         if self._watchdog is not None:
             self._watchdog.cancel()
         for sig, handler in self._previous.items():
@@ -756,6 +758,7 @@ def _ray_session(sweep: _Sweep, interrupts: _Interrupts) -> Iterator[None]:
     finally:
         if connected:
             ray.shutdown()
+            interrupts.install()  # Ray's C++ handlers may have taken SIGTERM at its shutdown
 
 
 @contextlib.contextmanager
@@ -1435,6 +1438,7 @@ def main(study: Study, argv: list[str] | None = None) -> int:
     command = argv is None  # run as `python -m sweeps...`, not called from Python code
     # a command's time budget counts from its start: the interpreter's imports are its time too
     started = time.monotonic() - (process_age_s() if command else 0.0)
+    restore_failure_env()  # Ray has read it; its processes started below must not inherit it
     early = early_signal()  # a signal while the modules imported (see sweeps/__init__.py)
     if early is not None:
         print(f"interrupted by {signal.Signals(early).name} before the sweep started; nothing "
@@ -1501,4 +1505,9 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         f"{outcome.results_dir}). "
         f"UI: {ui}"
     )
+    late = early_signal()  # recorded after the sweep's handlers were gone: while it printed
+    if late is not None:
+        print(f"{signal.Signals(late).name} came after the sweep had finished; its results "
+              "are complete (above, and in MLflow)", file=sys.stderr)  # fmt: skip
+        return 128 + late
     return 1 if outcome.failures else 0
