@@ -284,6 +284,16 @@ def recipe_epochs(recipe: dict[str, Any], dense_epochs: int) -> int:
     return p.iterations * p.epochs_per_step(dense_epochs)
 
 
+def space_recipe(space: Callable[[Any], dict[str, Any]], trial: Any) -> dict[str, Any]:
+    """The recipe ``space`` makes of ``trial`` (an Optuna trial, or a ``FixedTrial`` that replays
+    a point): its suggestions and constants, without the keys only the sampler sees
+    (``log_density``), so two samples that round to one target sparsity are one recipe."""
+    from search_spaces import SEARCH_KEYS
+
+    constants = space(trial) or {}
+    return {k: v for k, v in {**trial.params, **constants}.items() if k not in SEARCH_KEYS}
+
+
 def points_within(
     points: list[dict[str, Any]],
     space: Callable[[Any], dict[str, Any]],
@@ -295,15 +305,10 @@ def points_within(
     than what is left is skipped, a cheaper later one may still fit."""
     from optuna.trial import FixedTrial
 
-    from search_spaces import SEARCH_KEYS
-
     kept: list[dict[str, Any]] = []
     left = float(epochs)
     for point in points:
-        trial = FixedTrial(point)
-        constants = space(trial) or {}
-        recipe = {k: v for k, v in {**point, **constants}.items() if k not in SEARCH_KEYS}
-        epochs_of = float(cost(recipe))
+        epochs_of = float(cost(space_recipe(space, FixedTrial(point))))
         if epochs_of <= left:
             kept.append(point)
             left -= epochs_of

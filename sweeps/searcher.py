@@ -65,6 +65,7 @@ from search_spaces import SEARCH_KEYS
 
 from .budget import active
 from .scheduler import LAST_RUNG_KEY, RUNG_KEY
+from .search import space_recipe
 
 # Reported by every trial: the fine-tune (or rewound retraining) epochs it ran.
 COST_METRIC = "epochs_run"
@@ -330,12 +331,8 @@ class RungAwareOptunaSearch(OptunaSearch):
         return proposals[index]
 
     def _recipe(self, trial: Any) -> dict[str, Any]:
-        """The recipe the space makes of ``trial`` (an Optuna trial, or a ``FixedTrial`` that
-        replays a study trial's params): its suggestions and constants, without the keys only
-        the sampler sees (``log_density``), so two samples that round to one target sparsity
-        are one recipe."""
-        constants = self._internals.space(trial) or {}
-        return {k: v for k, v in {**trial.params, **constants}.items() if k not in SEARCH_KEYS}
+        """The recipe the search's space makes of ``trial`` (``sweeps.search.space_recipe``)."""
+        return space_recipe(self._internals.space, trial)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """As ``OptunaSearch.on_trial_result``; the budget in force learns the epochs run."""
