@@ -111,7 +111,9 @@ def running_runs(db: Path) -> int:
 def moment_of(log_text: str) -> str:
     """Where a sweep was, from its progress lines so far."""
     lines = [line for line in log_text.splitlines() if line.startswith("[sweep] ")]
-    if not any(line.startswith("[sweep] sweep ") for line in lines):
+    # Ray starts while the dense baseline trains: the first dense epoch marks the baseline
+    dense = any(line.startswith("[sweep] [dense] epoch") for line in lines)
+    if not dense and not any(line.startswith("[sweep] sweep ") for line in lines):
         return "start"
     # the sweep's last line (its budget) or its tables: it has returned, and prints
     if "Pareto front over" in log_text or lines[-1].startswith("[sweep] budget: "):

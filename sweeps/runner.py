@@ -48,9 +48,10 @@ from .budget import (
     in_force,
     process_age_s,
 )
-from .callbacks import BudgetStopper, TrialEndCallback, error_file_line
+from .callbacks import BudgetStopper, TrialEndCallback, TrialProgress, error_file_line
 from .catalog import step_metrics
 from .cli import (
+    MAX_SAMPLES,
     Study,
     SweepSpec,
     UsageError,
@@ -636,10 +637,12 @@ class _Sweep:
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, for trials
     accuracies: dict[str, float] = field(default_factory=dict)  # dense test accuracy per model
     reused: list[bool] = field(default_factory=list)  # per model: its baseline came from cache
+    baseline_sources: dict[str, str] = field(default_factory=dict)  # cache, trained, checkpoint
     dense_totals: list[float] = field(default_factory=list)  # parameters of each dense model
     scheduler: MOASHAScheduler | None = None  # early stopping, if the sweep uses it
     interrupts: _Interrupts | None = None  # the driver's signal handling, for its safe points
     budget: Budget = field(default_factory=Budget)  # trials, epochs, time: limits and account
+    store: Any = None  # the _StorePreparation of a new SQLite store, while Ray starts
 
     def progress(self, msg: str) -> None:
         """A progress line, and a safe point to stop at (after a dense epoch, a latency)."""
@@ -663,6 +666,8 @@ def run_sweep(
     with (
         _Interrupts() as interrupts,
         in_force(sweep.budget),
+        _BaselineTraining(sweep, interrupts) as baselines,  # while Ray starts, the run is made
+        _StorePreparation(sweep),  # the SQLite store's tables made while Ray starts
         _ray_session(sweep, interrupts),
     ):
         interrupts.check()
@@ -672,7 +677,8 @@ def run_sweep(
         status = "FAILED"
         try:
             _log_settings(sweep)
-            _train_baselines(sweep)
+            baselines.wait()
+            _record_baselines(sweep, baselines.seconds)
             interrupts.check()
             if sweep.budget.time_up():  # Tune would stop at once, racing its own first save
                 sweep.budget.exhausted = "time"
@@ -735,6 +741,12 @@ def _prepare(spec: SweepSpec, study: Study | None, budget_start: float) -> _Swee
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Tune's experiment state (what --resume restores) at most this many seconds old
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_CHECKPOINT_S))
+    # of Tune's per-trial loggers only its result.json (_make_tuner adds it): the CSV and
+    # TensorBoard ones are most of the 1.7 s the three took of the driver per 100 short trials
+    # (profiled), and MLflow has it all
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # the latency pass says a line per checkpoint; MLflow's download bars said one more each
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     trials = None if spec.grid else spec.num_samples
     budget = Budget(trials=trials, epochs=spec.epoch_budget, seconds=spec.time_budget_s,
                     started=budget_start)  # fmt: skip
@@ -783,12 +795,80 @@ def _ray_keeps_our_sigterm() -> Iterator[None]:
         utils.set_sigterm_handler = original
 
 
+class _StorePreparation:
+    """A new SQLite store's tables, made in a thread while Ray starts (MLflow's schema
+    migrations took 0.9-4 s on a 2-core VM, the first trial waited for them). If the sweep
+    stops before its parent run exists (Ray did not start, a signal), a store this made is
+    removed again, as long as nobody else wrote a run there meanwhile: a failed start leaves
+    no store behind, as when the store was made after Ray's start."""
+
+    def __init__(self, sweep: _Sweep) -> None:
+        self.sweep = sweep
+        self.error: BaseException | None = None
+        self.made: list[str] = []  # the folders and files this made, outermost first
+        self._thread = threading.Thread(target=self._run, name="sqlite-store", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            prepare_sqlite_store(self.sweep.target)
+        except BaseException as err:  # noqa: BLE001 (re-raised in the driver's thread by wait)
+            self.error = err
+
+    def wait(self) -> None:
+        """Wait for the store; raise what its preparation raised."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> _StorePreparation:
+        self.sweep.store = self
+        target = self.sweep.target
+        if target.is_local_file:
+            db = os.path.abspath(target.uri[len("sqlite:///") :])
+            missing = [db + suffix for suffix in ("", ".lock", "-wal", "-shm")]
+            folder = os.path.dirname(db)
+            while folder and not os.path.exists(folder):
+                missing.insert(0, folder)
+                folder = os.path.dirname(folder)
+            self.made = [path for path in missing if not os.path.exists(path)]
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._thread.join()
+        if exc_type is None or self.sweep.parent_id or not self.made or self.error:
+            return
+        db = self.sweep.target.uri[len("sqlite:///") :]
+        if not os.path.exists(db) or not _empty_store(self.sweep.target.uri):
+            return
+        for path in reversed(self.made):
+            with contextlib.suppress(OSError):
+                if os.path.isdir(path):
+                    os.rmdir(path)
+                else:
+                    os.remove(path)
+
+
+def _empty_store(uri: str) -> bool:
+    """Whether the store at ``uri`` holds no run at all."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    ids = [e.experiment_id for e in experiments]
+    return not ids or not client.search_runs(ids, run_view_type=ViewType.ALL, max_results=1)
+
+
 def _open_parent_run(sweep: _Sweep) -> None:
     """Make the sweep's parent run, or with --resume find it again, and say how to resume."""
     from mlflow.tracking import MlflowClient
 
     spec = sweep.spec
-    prepare_sqlite_store(sweep.target)  # after every check that needs no store
+    if sweep.store is not None:  # made while Ray started
+        sweep.store.wait()
+    else:
+        prepare_sqlite_store(sweep.target)  # after every check that needs no store
     sweep.client = client = MlflowClient(tracking_uri=sweep.target.uri)
     sweep.resumed = find_sweep(client, spec.resume) if spec.resume else None
     if spec.resume and sweep.resumed is None:
@@ -878,32 +958,76 @@ def _interrupted(sweep: _Sweep, err: BaseException, interrupts: _Interrupts) -> 
 # --- baselines --------------------------------------------------------------------------------
 
 
-def _train_baselines(sweep: _Sweep) -> None:
-    """Train (or load from the cache) each model's dense baseline, refuse one that did not learn,
-    and record them on the parent run."""
-    spec, client, parent_id = sweep.spec, sweep.client, sweep.parent_id
+class _Abandoned(Exception):
+    """The sweep stopped (Ray did not start, a signal, an error) while its baselines trained."""
+
+
+class _BaselineTraining:
+    """The dense baselines, trained (or loaded from the cache) in a thread from the moment the
+    data is loaded, while the driver starts Ray (2.5-4.5 s on a 2-core VM) and makes the parent
+    run (about 2 s on a new SQLite store): those then cost no wall time when the baselines take
+    as long. The thread writes nothing to MLflow (the parent run may not exist yet):
+    ``_record_baselines`` does, after ``wait``. Ray is still checked before any store exists."""
+
+    def __init__(self, sweep: _Sweep, interrupts: _Interrupts) -> None:
+        self.sweep = sweep
+        self.interrupts = interrupts
+        self.spec = sweep.spec  # as _prepare made it (_init_ray replaces sweep.spec meanwhile)
+        self.seconds = 0.0  # of training, all models together (0 for cached baselines)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dense-baselines", daemon=True)
+
+    def _progress(self, msg: str) -> None:
+        """A progress line, and a safe point: after each dense epoch the thread ends if the
+        sweep stopped or a signal came."""
+        say(msg)
+        if self._stop.is_set():
+            raise _Abandoned
+        self.interrupts.check()
+
+    def _run(self) -> None:
+        try:
+            self.seconds = _train_baselines(self.sweep, self.spec, self._progress)
+        except BaseException as err:  # noqa: BLE001 (re-raised in the driver's thread by wait)
+            self.error = err
+
+    def wait(self) -> None:
+        """Wait for the baselines (a safe point for signals every quarter second); raise what
+        the thread raised."""
+        while self._thread.is_alive():
+            self.interrupts.check()
+            self._thread.join(0.25)
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> _BaselineTraining:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()  # the thread ends after its current epoch (it may be that far along)
+        self._thread.join()
+
+
+def _train_baselines(sweep: _Sweep, spec: SweepSpec, progress: Callable[[str], None]) -> float:
+    """Train (or load from the cache) each model's dense baseline into ``sweep``, and refuse
+    one that did not learn; returns the seconds they trained. Writes nothing to MLflow."""
     device_data = sweep.data.to(pick_device(None))
-    baseline_seconds = 0.0
-    for model in spec.models:
-        baseline_seconds += _train_baseline(sweep, model, device_data)
-    if spec.init_checkpoint:  # the given weights, evaluated (or their evaluation, cached)
-        client.set_tag(parent_id, "baseline_source", "checkpoint")
-        client.set_tag(parent_id, "baseline_checkpoint", spec.checkpoint_sha256)
-    else:
-        client.set_tag(parent_id, "baseline_source", "cache" if all(sweep.reused) else "trained")
-    client.log_metric(parent_id, "dense_test_accuracy", sweep.accuracies[spec.models[0]])
-    client.log_metric(parent_id, "baseline_seconds", baseline_seconds)
+    return sum(_train_baseline(sweep, spec, model, device_data, progress) for model in spec.models)
 
 
-def _train_baseline(sweep: _Sweep, model: str, device_data: Any) -> float:
-    """``model``'s dense baseline into ``sweep`` (and its source and accuracy on the parent run);
-    returns the seconds it trained (0 from the cache)."""
-    spec, data = sweep.spec, sweep.data
+def _train_baseline(
+    sweep: _Sweep, spec: SweepSpec, model: str, device_data: Any, progress: Callable[[str], None]
+) -> float:
+    """``model``'s dense baseline into ``sweep``; returns the seconds it trained (0 from the
+    cache)."""
+    data = sweep.data
     cfg = base_config(spec, model)
     origin = f"checkpoint {spec.init_checkpoint}" if spec.init_checkpoint else (
         f"{spec.baseline_epochs} epochs")  # fmt: skip
     say(f"dense {model} {cfg.baseline_hash()}: {origin}")
-    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=sweep.progress,
+    b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=progress,
                                checkpoint=spec.init_checkpoint)  # fmt: skip
     source = "cache" if b.reused else ("checkpoint" if spec.init_checkpoint else "trained")
     say(f"dense {model} {source}: test accuracy {b.test_accuracy:.4f} ({b.path})")
@@ -915,12 +1039,26 @@ def _train_baseline(sweep: _Sweep, model: str, device_data: Any) -> float:
         "rewind_states": b.rewind_states,
     }
     sweep.accuracies[model] = b.test_accuracy
+    sweep.baseline_sources[model] = source
     dense_model = build_model(model, data.in_channels, data.num_classes, data.image_size)
     sweep.dense_totals.append(float(count_parameters(dense_model)[0]))
     sweep.reused.append(b.reused)
-    sweep.client.set_tag(sweep.parent_id, f"baseline_source.{model}", source)
-    sweep.client.log_metric(sweep.parent_id, f"dense_test_accuracy.{model}", b.test_accuracy)
     return b.train_seconds
+
+
+def _record_baselines(sweep: _Sweep, seconds: float) -> None:
+    """The baselines' sources, accuracies and training seconds on the parent run."""
+    spec, client, parent_id = sweep.spec, sweep.client, sweep.parent_id
+    for model in spec.models:
+        client.set_tag(parent_id, f"baseline_source.{model}", sweep.baseline_sources[model])
+        client.log_metric(parent_id, f"dense_test_accuracy.{model}", sweep.accuracies[model])
+    if spec.init_checkpoint:  # the given weights, evaluated (or their evaluation, cached)
+        client.set_tag(parent_id, "baseline_source", "checkpoint")
+        client.set_tag(parent_id, "baseline_checkpoint", spec.checkpoint_sha256)
+    else:
+        client.set_tag(parent_id, "baseline_source", "cache" if all(sweep.reused) else "trained")
+    client.log_metric(parent_id, "dense_test_accuracy", sweep.accuracies[spec.models[0]])
+    client.log_metric(parent_id, "baseline_seconds", seconds)
 
 
 # --- the tuner: scheduler, searcher or grid, create or restore ---------------------------------
@@ -929,6 +1067,7 @@ def _train_baseline(sweep: _Sweep, model: str, device_data: Any) -> float:
 def _make_tuner(sweep: _Sweep) -> Any:
     """The Ray Tune ``Tuner`` of the sweep: a new one, or with --resume the stopped one's."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     spec = sweep.spec
     base = base_config(spec, spec.models[0])  # data and training are the same per model
@@ -951,6 +1090,11 @@ def _make_tuner(sweep: _Sweep) -> Any:
         f"MLflow experiment {spec.experiment!r}, parent run {sweep.parent_id}"
     )
 
+    if spec.grid:
+        trial_total = len(param_space["recipe"]["grid_search"])
+    else:  # a budget alone leaves the number of trials open
+        trial_total = spec.num_samples if spec.num_samples < MAX_SAMPLES else None
+
     def fresh() -> Any:
         return tune.Tuner(
             trainable,
@@ -959,12 +1103,17 @@ def _make_tuner(sweep: _Sweep) -> Any:
             run_config=tune.RunConfig(
                 name=sweep.sweep_name,
                 storage_path=spec.storage_path,
-                verbose=1,
+                # the sweep's own line per trial (TrialProgress), not Tune's tables
+                verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 # Tune copies its experiment state to storage_path at most this often (default
                 # 300 s): that copy is what --resume restores
                 sync_config=tune.SyncConfig(sync_period=TUNE_CHECKPOINT_S),
-                callbacks=[TrialEndCallback(context)],
+                callbacks=[
+                    JsonLoggerCallback(),  # each trial's result.json (the others are off)
+                    TrialEndCallback(context),
+                    TrialProgress(context, trial_total),
+                ],
                 # the time budget in force (sweeps.budget): every sweep has it, so that a
                 # --resume may give one to a sweep started without
                 stop=BudgetStopper(),

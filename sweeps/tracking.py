@@ -6,6 +6,7 @@ so a reused Ray actor or a process on another node never logs into the wrong run
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.error
 import urllib.parse
@@ -221,10 +222,18 @@ def prepare_sqlite_store(target: TrackingTarget) -> None:
     db = target.uri[len("sqlite:///") :]
     # the one place the store's folder is made: resolve_tracking_uri only checks that it can be
     os.makedirs(os.path.dirname(db), exist_ok=True)
-    with exclusive_lock(db + ".lock"):
-        MlflowClient(tracking_uri=target.uri).search_experiments(max_results=1)
-        with sqlite3.connect(db, timeout=60) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+    # MLflow's "Creating initial MLflow database tables..." / "Updating database tables": the
+    # store is this function's business, and a start that fails after it should say one line
+    quiet = logging.getLogger("mlflow.store.db.utils")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with exclusive_lock(db + ".lock"):
+            MlflowClient(tracking_uri=target.uri).search_experiments(max_results=1)
+            with sqlite3.connect(db, timeout=60) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        quiet.setLevel(level)
 
 
 def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:

@@ -69,6 +69,46 @@ def test_node_start_timeout_ends_in_one_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_the_baseline_trains_and_the_store_is_made_while_ray_starts(tmp_path, monkeypatch, capsys):
+    """Ray's start overlaps the dense baseline and the SQLite store's creation: the fake
+    ``ray.init`` waits (up to 60 s) until both have happened before it fails. The store it made
+    is removed again, the baseline (a cache) stays."""
+    import ray
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    cache = tmp_path / "baselines"
+    seen = {}
+
+    def slow_start(*args, **kwargs):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (db.exists() and list(cache.glob("*.pt"))):
+            time.sleep(0.05)
+        seen["store"], seen["baseline"] = db.exists(), bool(list(cache.glob("*.pt")))
+        raise NODE_TIMEOUT
+
+    monkeypatch.setattr(ray, "init", slow_start)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    unset(monkeypatch, runner.RAY_START_WAIT_ENV)
+    assert runner.main(STUDY, sweep_argv(tmp_path)) == 2
+    assert seen["store"] and seen["baseline"]
+    assert capsys.readouterr().err.count("error:") == 1
+    assert not (tmp_path / "mlruns").exists()  # the new store, removed with its folder
+    assert len(list(cache.glob("*.pt"))) == 1  # the baseline is kept for the next start
+
+
+def test_a_failed_start_leaves_an_existing_store_alone(tmp_path, monkeypatch):
+    import ray
+
+    from sweeps.tracking import prepare_sqlite_store, resolve_tracking_uri
+
+    prepare_sqlite_store(resolve_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db"))
+    monkeypatch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(NODE_TIMEOUT))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    unset(monkeypatch, runner.RAY_START_WAIT_ENV)
+    assert runner.main(STUDY, sweep_argv(tmp_path)) == 2
+    assert (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
 def test_the_user_setting_of_the_wait_is_kept(monkeypatch):
     monkeypatch.setenv(runner.RAY_START_WAIT_ENV, "300")
     assert runner.ray_start_wait_s() == 300

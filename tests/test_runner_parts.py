@@ -127,3 +127,36 @@ def test_trial_end_callback_searches_only_for_runs_that_may_be_running(
     monkeypatch.setattr(TrialEndCallback, "_client", lambda self: object())
     TrialEndCallback(_context()).on_trial_complete(0, [], _EndedTrial(last_result))
     assert bool(asked) is searches
+
+
+class _Trial:
+    """What ``TrialProgress`` reads of a Ray Tune trial."""
+
+    def __init__(self, config, last_result=None, status="TERMINATED", error_file=None):
+        self.trial_id, self.config, self.last_result = "t1", config, last_result
+        self.status, self.error_file = status, error_file
+
+
+def test_trial_progress_says_one_line_per_trial(capsys, tmp_path):
+    from sweeps.callbacks import TrialProgress
+
+    recipe = {"method": "global_magnitude", "target_sparsity": 0.9, "schedule": "oneshot",
+              "finetune_epochs": 2}  # fmt: skip
+    progress = TrialProgress(_context(), total=3)
+    done = _Trial(recipe, {"rung": 2, "last_rung": 2, "test_accuracy": 0.98765,
+                           "sparsity": 0.9001, "time_total_s": 1.234})  # fmt: skip
+    running = _Trial(recipe, status="RUNNING")
+    progress.on_trial_complete(0, [done, running], done)
+    stopped = _Trial(recipe, {"rung": 1, "last_rung": 2, "test_accuracy": 0.5})
+    progress.on_trial_complete(0, [done, stopped], stopped)
+    error = tmp_path / "error.txt"
+    error.write_text("Traceback (most recent call last):\n  ...\nValueError: bad lr\n")
+    failed = _Trial(recipe, status="ERROR", error_file=str(error))
+    progress.on_trial_error(0, [done, stopped, failed], failed)
+    assert capsys.readouterr().err.splitlines() == [
+        "[sweep] trial 1/3 cnn_prune_90perc_oneshot2: finished, test_accuracy 0.9877, "
+        "sparsity 0.9001, 1.2 s; 1 running",
+        "[sweep] trial 2/3 cnn_prune_90perc_oneshot2: stopped at rung 1, test_accuracy 0.5; "
+        "0 running",
+        "[sweep] trial 3/3 cnn_prune_90perc_oneshot2: FAILED: ValueError: bad lr; 0 running",
+    ]
