@@ -48,6 +48,13 @@ def test_two_trial_sweep_tracked_and_baseline_cached(tmp_path, ray_tmpdir):
     assert (children["tags.mlflow.parentRunId"] == parent_id).all()
     assert (children["status"] == "FINISHED").all()
     assert parents["status"].iloc[0] == "FINISHED"
+    # the results carry the latency the driver logged after the trials (put into the frame it
+    # had read before the pass, not read again): what the store now holds
+    table = first.runs.set_index("run_id")
+    for _, row in children.iterrows():
+        assert row["params.latency_measured_by"] == "driver"
+        for name in ("latency_ms", "latency_ms_spread", "latency_ms_trial"):
+            assert table.loc[row["run_id"], name] == row[f"metrics.{name}"], name
 
     for _, row in children.iterrows():
         for p in PARAMS:
