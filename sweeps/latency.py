@@ -26,6 +26,7 @@ What each child run gets (MLflow):
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,9 +40,16 @@ from prune_core.measure import device_label, forward_times_ms, latency_summary
 from prune_core.models import build_model
 from prune_core.structured import PRUNED_MODEL_FORMAT, load_pruned_model
 
-ROUNDS = 4  # turns over all checkpoints; each checkpoint is loaded and timed once per round
+ROUNDS = 4  # turns over all checkpoints; each checkpoint is timed once per round
 WARMUP = 2  # untimed passes per checkpoint and round (first-call allocations, caches)
 REPEATS_PER_ROUND = 5  # timed passes per checkpoint and round: 20 in all, for p10/median/p90
+# Bytes of checkpoint files (on disk, all runs together) up to which every model is loaded once
+# and kept in memory across the rounds; above it, each is loaded again in every round, one model
+# in memory at a time (a sweep of a hundred ResNet-50s, about 100 MB each, stays at one). The
+# file size stands in for the model's memory: a checkpoint is the model's tensors as torch.save
+# writes them (the same dtypes and shapes, plus a few KiB of names and pickle framing), so the
+# loaded model takes about as many bytes, on the CPU or on the GPU it is moved to.
+KEEP_LOADED_BYTES = 1 << 30  # 1 GiB
 
 
 def checkpoint_artifact(run_name: str) -> str:
@@ -136,11 +144,14 @@ def remeasure_latency(
       state-dict checkpoints.
 
     The checkpoints are downloaded to a temporary folder first (deleted at the end). Then, in
-    each of ``rounds`` rounds, every checkpoint in turn is loaded, given ``warmup`` untimed and
-    ``repeats_per_round`` timed passes (``prune_core.measure.forward_times_ms``), and freed: one
-    model in memory at a time. Each is timed on the trial's device type with the trial's thread
-    count (``latency_threads``; this process's own count is restored afterwards); on CUDA the
-    model is put in channels_last memory format, as training on CUDA leaves a trial's model.
+    each of ``rounds`` rounds, every checkpoint in turn gets ``warmup`` untimed and
+    ``repeats_per_round`` timed passes (``prune_core.measure.forward_times_ms``). While the
+    checkpoint files come to at most ``KEEP_LOADED_BYTES`` in all, each model is loaded once and
+    kept across the rounds; above it, each is loaded in every round and freed after its passes,
+    one model in memory at a time.
+    Each is timed on the trial's device type with the trial's thread count (``latency_threads``;
+    this process's own count is restored afterwards); on CUDA the model is put in channels_last
+    memory format, as training on CUDA leaves a trial's model.
 
     Returns ``{run_id: {"latency_ms", "latency_ms_spread", "latency_ms_p10", "latency_ms_p90",
     "latency_ms_trial"}}``: the median, p90 / p10, 10th and 90th percentiles of all the run's
@@ -204,6 +215,7 @@ def _time_checkpoints(
     own_threads = torch.get_num_threads()
     times: dict[str, list[float]] = {row["run_id"]: [] for row in rows}
     devices: dict[str, str] = {}
+    kept: dict[str, torch.nn.Module] = {}  # run id -> model on its device, across the rounds
     try:
         with tempfile.TemporaryDirectory() as tmp:
             paths = {}
@@ -211,23 +223,31 @@ def _time_checkpoints(
                 run_id = row["run_id"]
                 artifact = checkpoint_artifact(row["tags.mlflow.runName"])
                 paths[run_id] = client.download_artifacts(run_id, artifact, f"{tmp}/{run_id}")
+            keep = sum(os.path.getsize(p) for p in paths.values()) <= KEEP_LOADED_BYTES
             for _ in range(rounds):
                 for row in rows:
                     run_id = row["run_id"]
                     threads = _param(row, "latency_threads")
                     torch.set_num_threads(int(float(threads)) if threads else own_threads)
                     device = _device_for(row)
-                    model = load_checkpoint(
-                        paths[run_id], str(row["params.model"]), *shapes
-                    ).to(device)  # fmt: skip
-                    if device.type == "cuda":
-                        model = model.to(memory_format=torch.channels_last)
+                    model = kept.get(run_id)
+                    if model is None:
+                        model = load_checkpoint(
+                            paths[run_id], str(row["params.model"]), *shapes
+                        ).to(device)  # fmt: skip
+                        if device.type == "cuda":
+                            model = model.to(memory_format=torch.channels_last)
+                        if keep:
+                            kept[run_id] = model
+                    # warm-up passes in every round, kept model or not: the caches and the
+                    # allocator went cold while the other checkpoints ran
                     times[run_id] += forward_times_ms(
                         model, example.to(device), warmup=warmup, repeats=repeats_per_round
                     )
                     devices[run_id] = device_label(device)
                     del model
     finally:
+        kept.clear()
         torch.set_num_threads(own_threads)
     return times, devices
 

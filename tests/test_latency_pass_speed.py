@@ -1,0 +1,106 @@
+"""What the driver's latency pass (sweeps.latency) costs, on a real MLflow SQLite store with
+tiny mlp checkpoints: each model is loaded once while the checkpoints fit KEEP_LOADED_BYTES
+(once per round above it), still warmed up in every round."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sweeps.latency as latency
+from prune_core.checkpoint import save_state
+from prune_core.models import build_model
+from sweeps.tracking import child_runs, log_params
+
+# digits-shaped input and the 300-100 mlp: a pass of a batch of 64 takes well under 1 ms
+IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE, BATCH = 1, 10, 8, 64
+ROUNDS, WARMUP, REPEATS = 3, 1, 2  # fewer passes than the default: the test counts, not times
+TRIAL_STEP = 3  # the step at which the trials logged latency_ms (the driver logs at it too)
+
+
+def _store(tmp_path, artifact_location: str, n: int = 3):
+    """(client, tracking URI, experiment id, parent run id, [child run ids]): ``n`` FINISHED
+    child runs of an mlp, each with its checkpoint and a trial latency_ms at TRIAL_STEP."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("latency", artifact_location)
+    parent_id = client.create_run(experiment_id, run_name="sweep").info.run_id
+    torch.manual_seed(0)
+    ids = []
+    for i in range(n):
+        name = f"mlp_trial_{i}"
+        path = tmp_path / f"{name}.pt"
+        save_state(build_model("mlp", IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE).state_dict(), path)
+        run_id = client.create_run(
+            experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_id}
+        ).info.run_id
+        log_params(client, run_id, {
+            "model": "mlp", "device": "cpu", "latency_batch_size": BATCH, "latency_threads": 1,
+        })  # fmt: skip
+        client.log_metric(run_id, "latency_ms", 10.0 + i, step=TRIAL_STEP)
+        client.log_artifact(run_id, str(path), artifact_path="checkpoints")
+        client.set_terminated(run_id, "FINISHED")
+        ids.append(run_id)
+    return client, uri, experiment_id, parent_id, ids
+
+
+def _remeasure(client, runs):
+    """The pass with the test's few passes per round."""
+    example = torch.randn(BATCH, IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+    return latency.remeasure_latency(
+        client, runs, example, IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE,
+        rounds=ROUNDS, warmup=WARMUP, repeats_per_round=REPEATS,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Count load_checkpoint calls (run's checkpoint path each) and record every
+    forward_times_ms call as (model, warmup, repeats); both still do the real work."""
+    loads: list[str] = []
+    passes: list[tuple[torch.nn.Module, int, int]] = []
+    real_load, real_times = latency.load_checkpoint, latency.forward_times_ms
+
+    def load(path, *args, **kwargs):
+        loads.append(str(path))
+        return real_load(path, *args, **kwargs)
+
+    def times(model, example, warmup, repeats):
+        passes.append((model, warmup, repeats))
+        return real_times(model, example, warmup=warmup, repeats=repeats)
+
+    monkeypatch.setattr(latency, "load_checkpoint", load)
+    monkeypatch.setattr(latency, "forward_times_ms", times)
+    return loads, passes
+
+
+@pytest.mark.parametrize("cap, loads_per_checkpoint", [(0, ROUNDS), (1 << 30, 1)])
+def test_models_are_kept_across_rounds_only_under_the_cap(
+    tmp_path, monkeypatch, spies, cap, loads_per_checkpoint
+):
+    """Cap 0: every checkpoint is loaded in every round (rounds x checkpoints loads, a new model
+    each round); cap 1 GiB: once each, the same model timed in every round. Either way each
+    checkpoint gets ``warmup`` untimed and ``repeats`` timed passes in every round, in turn
+    (A B C, A B C, ...)."""
+    loads, passes = spies
+    monkeypatch.setattr(latency, "KEEP_LOADED_BYTES", cap, raising=False)
+    client, uri, experiment_id, parent_id, ids = _store(tmp_path, (tmp_path / "art").as_uri())
+    result = _remeasure(client, child_runs(uri, experiment_id, parent_id))
+
+    n = len(ids)
+    assert len(loads) == loads_per_checkpoint * n
+    assert len(passes) == ROUNDS * n
+    assert all((warmup, repeats) == (WARMUP, REPEATS) for _, warmup, repeats in passes)
+    # the same turn order in every round, each run's timed passes all kept
+    order = [id(model) for model, _, _ in passes]
+    models = [order[r * n : (r + 1) * n] for r in range(ROUNDS)]
+    if loads_per_checkpoint == 1:
+        assert models == [models[0]] * ROUNDS and len(set(models[0])) == n
+    else:  # a fresh model each round (the spy holds them all, so no id is reused)
+        assert len(set(order)) == ROUNDS * n
+        assert [loads[r * n : (r + 1) * n] for r in range(ROUNDS)] == [loads[:n]] * ROUNDS
+    assert set(result) == set(ids)
+    for figures in result.values():
+        assert figures["latency_ms_p10"] <= figures["latency_ms"] <= figures["latency_ms_p90"]
