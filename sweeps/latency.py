@@ -29,6 +29,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -143,12 +145,13 @@ def remeasure_latency(
     - ``in_channels``, ``num_classes``, ``image_size``: the dataset's, to rebuild plain
       state-dict checkpoints.
 
-    The checkpoints are downloaded to a temporary folder first (deleted at the end). Then, in
-    each of ``rounds`` rounds, every checkpoint in turn gets ``warmup`` untimed and
-    ``repeats_per_round`` timed passes (``prune_core.measure.forward_times_ms``). While the
-    checkpoint files come to at most ``KEEP_LOADED_BYTES`` in all, each model is loaded once and
-    kept across the rounds; above it, each is loaded in every round and freed after its passes,
-    one model in memory at a time.
+    A checkpoint in a local artifact store (the run's ``artifact_uri`` a ``file:`` URI or an
+    absolute path) is read where it is; any other is downloaded to a temporary folder first
+    (deleted at the end). Then, in each of ``rounds`` rounds, every checkpoint in turn gets
+    ``warmup`` untimed and ``repeats_per_round`` timed passes
+    (``prune_core.measure.forward_times_ms``). While the checkpoint files come to at most
+    ``KEEP_LOADED_BYTES`` in all, each model is loaded once and kept across the rounds; above it,
+    each is loaded in every round and freed after its passes, one model in memory at a time.
     Each is timed on the trial's device type with the trial's thread count (``latency_threads``;
     this process's own count is restored afterwards); on CUDA the model is put in channels_last
     memory format, as training on CUDA leaves a trial's model.
@@ -201,6 +204,42 @@ def _check_batch(rows: list[pd.Series], example: torch.Tensor) -> None:
             )
 
 
+def _local_checkpoint(row: pd.Series, artifact: str) -> str | None:
+    """The checkpoint file where it lies, if the run's artifact store is a local folder (an
+    ``artifact_uri`` ``file:///abs/path`` or ``/abs/path``) and the file is there; else None
+    (then it is downloaded). The path is resolved as MLflow's ``LocalArtifactRepository`` does
+    (``mlflow.utils.file_utils.local_file_uri_to_path``: the URI's path part, percent-decoded by
+    ``url2pathname``, joined with the normalized artifact path)."""
+    uri = row.get("artifact_uri")
+    if not isinstance(uri, str) or not uri:
+        return None
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file" and not parsed.netloc:
+        root = urllib.request.url2pathname(parsed.path)
+    elif not parsed.scheme and os.path.isabs(uri):
+        root = urllib.request.url2pathname(uri)
+    else:  # http(s), s3, mlflow-artifacts, file://host/..., a relative path: MLflow fetches it
+        return None
+    root = os.path.abspath(root)
+    path = os.path.abspath(os.path.join(root, os.path.normpath(artifact)))
+    # a run name with ".." must not lead out of the run's folder (MLflow refuses it too)
+    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+        return None
+    return path
+
+
+def _checkpoint_paths(client: Any, rows: list[pd.Series], tmp: str) -> dict[str, str]:
+    """{run id: local path of its checkpoint}: in place for a local artifact store, else
+    downloaded under ``tmp``."""
+    paths = {}
+    for row in rows:
+        run_id = row["run_id"]
+        artifact = checkpoint_artifact(row["tags.mlflow.runName"])
+        local = _local_checkpoint(row, artifact)
+        paths[run_id] = local or client.download_artifacts(run_id, artifact, f"{tmp}/{run_id}")
+    return paths
+
+
 def _time_checkpoints(
     client: Any,
     rows: list[pd.Series],
@@ -210,7 +249,7 @@ def _time_checkpoints(
     warmup: int,
     repeats_per_round: int,
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Download every run's checkpoint, then time them in turn, ``rounds`` times (see
+    """Find or download every run's checkpoint, then time them in turn, ``rounds`` times (see
     ``remeasure_latency``). Returns ({run id: ms per timed pass}, {run id: device label})."""
     own_threads = torch.get_num_threads()
     times: dict[str, list[float]] = {row["run_id"]: [] for row in rows}
@@ -218,11 +257,7 @@ def _time_checkpoints(
     kept: dict[str, torch.nn.Module] = {}  # run id -> model on its device, across the rounds
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            paths = {}
-            for row in rows:
-                run_id = row["run_id"]
-                artifact = checkpoint_artifact(row["tags.mlflow.runName"])
-                paths[run_id] = client.download_artifacts(run_id, artifact, f"{tmp}/{run_id}")
+            paths = _checkpoint_paths(client, rows, tmp)
             keep = sum(os.path.getsize(p) for p in paths.values()) <= KEEP_LOADED_BYTES
             for _ in range(rounds):
                 for row in rows:

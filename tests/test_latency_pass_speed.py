@@ -1,8 +1,11 @@
 """What the driver's latency pass (sweeps.latency) costs, on a real MLflow SQLite store with
 tiny mlp checkpoints: each model is loaded once while the checkpoints fit KEEP_LOADED_BYTES
-(once per round above it), still warmed up in every round."""
+(once per round above it), still warmed up in every round; checkpoints in a local artifact store
+are read in place (no download_artifacts), others are downloaded."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -104,3 +107,42 @@ def test_models_are_kept_across_rounds_only_under_the_cap(
     assert set(result) == set(ids)
     for figures in result.values():
         assert figures["latency_ms_p10"] <= figures["latency_ms"] <= figures["latency_ms_p90"]
+
+
+@pytest.mark.parametrize("store", ["file_uri", "plain_path"])
+def test_a_local_artifact_store_is_read_in_place(tmp_path, monkeypatch, spies, store):
+    """``file:///...`` (with a percent-encoded space, decoded as MLflow does) and a plain
+    absolute path: no download_artifacts call, the checkpoints are read in the store."""
+    loads, _ = spies
+    folder = tmp_path / "artifact store"
+    location = folder.as_uri() if store == "file_uri" else str(folder)
+    client, uri, experiment_id, parent_id, ids = _store(tmp_path, location)
+    downloads = []
+    real = client.download_artifacts
+    monkeypatch.setattr(client, "download_artifacts", lambda *a: downloads.append(a) or real(*a))
+    runs = child_runs(uri, experiment_id, parent_id)
+    if store == "file_uri":
+        assert runs["artifact_uri"].str.contains("artifact%20store").all()
+    result = _remeasure(client, runs)
+
+    assert downloads == [] and set(result) == set(ids)
+    assert loads and all(path.startswith(f"{folder}/") for path in loads)
+
+
+def test_other_artifact_stores_are_downloaded(tmp_path, monkeypatch, spies):
+    """An artifact URI that is not a local folder (here s3://, as a remote store would have)
+    is fetched with download_artifacts, once per checkpoint, into a temporary folder that is
+    gone afterwards."""
+    loads, _ = spies
+    client, uri, experiment_id, parent_id, ids = _store(tmp_path, (tmp_path / "art").as_uri())
+    downloads = []
+    real = client.download_artifacts
+    monkeypatch.setattr(client, "download_artifacts", lambda *a: downloads.append(a) or real(*a))
+    runs = child_runs(uri, experiment_id, parent_id)
+    # the frame says s3; the client still reads the real (local) store, so the download works
+    runs["artifact_uri"] = [f"s3://bucket/{run_id}/artifacts" for run_id in runs["run_id"]]
+    result = _remeasure(client, runs)
+
+    assert sorted(d[0] for d in downloads) == sorted(ids) and set(result) == set(ids)
+    assert loads and not any(path.startswith(str(tmp_path / "art")) for path in loads)
+    assert not any(os.path.exists(path) for path in loads)  # temp folder removed
