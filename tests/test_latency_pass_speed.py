@@ -1,11 +1,12 @@
 """What the driver's latency pass (sweeps.latency) costs, on a real MLflow SQLite store with
 tiny mlp checkpoints: each model is loaded once while the checkpoints fit KEEP_LOADED_BYTES
 (once per round above it), still warmed up in every round; checkpoints in a local artifact store
-are read in place (no download_artifacts), others are downloaded."""
+are read in place (no download_artifacts), others are downloaded; and what it logs per run."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -146,3 +147,53 @@ def test_other_artifact_stores_are_downloaded(tmp_path, monkeypatch, spies):
     assert sorted(d[0] for d in downloads) == sorted(ids) and set(result) == set(ids)
     assert loads and not any(path.startswith(str(tmp_path / "art")) for path in loads)
     assert not any(os.path.exists(path) for path in loads)  # temp folder removed
+
+
+def test_the_logged_figures_are_the_returned_ones_at_the_trials_step(tmp_path, monkeypatch):
+    """One log_batch per run (no other write): latency_ms (the latest value: the trial's step, a
+    later timestamp, even if the trial's timestamp lies ahead of the clock), latency_ms_trial
+    and latency_ms_spread at the same step and timestamp, equal to the returned figures; the
+    param and the tag."""
+    client, uri, experiment_id, parent_id, ids = _store(tmp_path, (tmp_path / "art").as_uri())
+    # one trial's clock ran 10 min ahead: the driver's value must still be the later one
+    ahead_ms = int(time.time() * 1000) + 600_000
+    client.log_metric(ids[0], "latency_ms", 99.0, timestamp=ahead_ms, step=TRIAL_STEP)
+    writes: list[tuple[str, str]] = []
+
+    def spy(name):
+        real = getattr(client, name)
+
+        def write(run_id, *args, **kwargs):
+            writes.append((name, run_id))
+            return real(run_id, *args, **kwargs)
+
+        return write
+
+    for name in ("log_batch", "log_metric", "log_param", "set_tag", "log_metrics"):
+        if hasattr(client, name):
+            monkeypatch.setattr(client, name, spy(name))
+    result = _remeasure(client, child_runs(uri, experiment_id, parent_id))
+    assert sorted(writes) == sorted(("log_batch", run_id) for run_id in ids)
+
+    logged = child_runs(uri, experiment_id, parent_id).set_index("run_id")
+    for i, run_id in enumerate(ids):
+        figures, row = result[run_id], logged.loc[run_id]
+        trial_ms = 99.0 if i == 0 else 10.0 + i
+        assert figures["latency_ms_trial"] == trial_ms
+        assert row["metrics.latency_ms"] == figures["latency_ms"]
+        assert row["metrics.latency_ms_trial"] == trial_ms
+        assert row["metrics.latency_ms_spread"] == figures["latency_ms_spread"]
+        assert figures["latency_ms_spread"] == pytest.approx(
+            figures["latency_ms_p90"] / figures["latency_ms_p10"]
+        )
+        assert row["params.latency_measured_by"] == "driver"
+        assert row["tags.latency_driver_device"] == "cpu"
+        history = client.get_metric_history(run_id, "latency_ms")
+        driver = max(history, key=lambda m: m.timestamp)
+        assert driver.value == figures["latency_ms"] and driver.step == TRIAL_STEP
+        assert driver.timestamp > max(m.timestamp for m in history if m is not driver)
+        if i == 0:
+            assert driver.timestamp == ahead_ms + 1
+        for name in ("latency_ms_trial", "latency_ms_spread"):
+            (metric,) = client.get_metric_history(run_id, name)
+            assert (metric.step, metric.timestamp) == (TRIAL_STEP, driver.timestamp)
