@@ -26,8 +26,11 @@ What each child run gets (MLflow):
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -39,9 +42,16 @@ from prune_core.measure import device_label, forward_times_ms, latency_summary
 from prune_core.models import build_model
 from prune_core.structured import PRUNED_MODEL_FORMAT, load_pruned_model
 
-ROUNDS = 4  # turns over all checkpoints; each checkpoint is loaded and timed once per round
+ROUNDS = 4  # turns over all checkpoints; each checkpoint is timed once per round
 WARMUP = 2  # untimed passes per checkpoint and round (first-call allocations, caches)
 REPEATS_PER_ROUND = 5  # timed passes per checkpoint and round: 20 in all, for p10/median/p90
+# Bytes of checkpoint files (on disk, all runs together) up to which every model is loaded once
+# and kept in memory across the rounds; above it, each is loaded again in every round, one model
+# in memory at a time (a sweep of a hundred ResNet-50s, about 100 MB each, stays at one). The
+# file size stands in for the model's memory: a checkpoint is the model's tensors as torch.save
+# writes them (the same dtypes and shapes, plus a few KiB of names and pickle framing), so the
+# loaded model takes about as many bytes, on the CPU or on the GPU it is moved to.
+KEEP_LOADED_BYTES = 1 << 30  # 1 GiB
 
 
 def checkpoint_artifact(run_name: str) -> str:
@@ -89,8 +99,11 @@ def _device_for(row: pd.Series) -> torch.device:
 
 def _log_driver_latency(client: Any, run_id: str, figures: dict[str, float], device: str) -> None:
     """Log the driver's figures so that they become the run's latest ``latency_ms``, with the
-    param and tag that say who timed it: one ``log_batch`` (one store transaction per run
-    instead of three)."""
+    param and tag that say who timed it. Two MLflow calls per run: ``get_metric_history`` (the
+    step and timestamps to follow) and one ``log_batch`` with the metrics, the param and the tag
+    (one call instead of three). MLflow's SQL store still commits params, metrics and tags in a
+    session each inside that call: on SQLite that is most of the 10-40 ms per run this function
+    took (100 runs, a 2-core machine with other jobs writing to the disk)."""
     from mlflow.entities import Metric, Param, RunTag
 
     history = client.get_metric_history(run_id, "latency_ms")
@@ -135,12 +148,16 @@ def remeasure_latency(
     - ``in_channels``, ``num_classes``, ``image_size``: the dataset's, to rebuild plain
       state-dict checkpoints.
 
-    The checkpoints are downloaded to a temporary folder first (deleted at the end). Then, in
-    each of ``rounds`` rounds, every checkpoint in turn is loaded, given ``warmup`` untimed and
-    ``repeats_per_round`` timed passes (``prune_core.measure.forward_times_ms``), and freed: one
-    model in memory at a time. Each is timed on the trial's device type with the trial's thread
-    count (``latency_threads``; this process's own count is restored afterwards); on CUDA the
-    model is put in channels_last memory format, as training on CUDA leaves a trial's model.
+    A checkpoint in a local artifact store (the run's ``artifact_uri`` a ``file:`` URI or an
+    absolute path) is read where it is; any other is downloaded to a temporary folder first
+    (deleted at the end). Then, in each of ``rounds`` rounds, every checkpoint in turn gets
+    ``warmup`` untimed and ``repeats_per_round`` timed passes
+    (``prune_core.measure.forward_times_ms``). While the checkpoint files come to at most
+    ``KEEP_LOADED_BYTES`` in all, each model is loaded once and kept across the rounds; above it,
+    each is loaded in every round and freed after its passes, one model in memory at a time.
+    Each is timed on the trial's device type with the trial's thread count (``latency_threads``;
+    this process's own count is restored afterwards); on CUDA the model is put in channels_last
+    memory format, as training on CUDA leaves a trial's model.
 
     Returns ``{run_id: {"latency_ms", "latency_ms_spread", "latency_ms_p10", "latency_ms_p90",
     "latency_ms_trial"}}``: the median, p90 / p10, 10th and 90th percentiles of all the run's
@@ -190,6 +207,42 @@ def _check_batch(rows: list[pd.Series], example: torch.Tensor) -> None:
             )
 
 
+def _local_checkpoint(row: pd.Series, artifact: str) -> str | None:
+    """The checkpoint file where it lies, if the run's artifact store is a local folder (an
+    ``artifact_uri`` ``file:///abs/path`` or ``/abs/path``) and the file is there; else None
+    (then it is downloaded). The path is resolved as MLflow's ``LocalArtifactRepository`` does
+    (``mlflow.utils.file_utils.local_file_uri_to_path``: the URI's path part, percent-decoded by
+    ``url2pathname``, joined with the normalized artifact path)."""
+    uri = row.get("artifact_uri")
+    if not isinstance(uri, str) or not uri:
+        return None
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file" and not parsed.netloc:
+        root = urllib.request.url2pathname(parsed.path)
+    elif not parsed.scheme and os.path.isabs(uri):
+        root = urllib.request.url2pathname(uri)
+    else:  # http(s), s3, mlflow-artifacts, file://host/..., a relative path: MLflow fetches it
+        return None
+    root = os.path.abspath(root)
+    path = os.path.abspath(os.path.join(root, os.path.normpath(artifact)))
+    # a run name with ".." must not lead out of the run's folder (MLflow refuses it too)
+    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+        return None
+    return path
+
+
+def _checkpoint_paths(client: Any, rows: list[pd.Series], tmp: str) -> dict[str, str]:
+    """{run id: local path of its checkpoint}: in place for a local artifact store, else
+    downloaded under ``tmp``."""
+    paths = {}
+    for row in rows:
+        run_id = row["run_id"]
+        artifact = checkpoint_artifact(row["tags.mlflow.runName"])
+        local = _local_checkpoint(row, artifact)
+        paths[run_id] = local or client.download_artifacts(run_id, artifact, f"{tmp}/{run_id}")
+    return paths
+
+
 def _time_checkpoints(
     client: Any,
     rows: list[pd.Series],
@@ -199,35 +252,40 @@ def _time_checkpoints(
     warmup: int,
     repeats_per_round: int,
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Download every run's checkpoint, then time them in turn, ``rounds`` times (see
+    """Find or download every run's checkpoint, then time them in turn, ``rounds`` times (see
     ``remeasure_latency``). Returns ({run id: ms per timed pass}, {run id: device label})."""
     own_threads = torch.get_num_threads()
     times: dict[str, list[float]] = {row["run_id"]: [] for row in rows}
     devices: dict[str, str] = {}
+    kept: dict[str, torch.nn.Module] = {}  # run id -> model on its device, across the rounds
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            paths = {}
-            for row in rows:
-                run_id = row["run_id"]
-                artifact = checkpoint_artifact(row["tags.mlflow.runName"])
-                paths[run_id] = client.download_artifacts(run_id, artifact, f"{tmp}/{run_id}")
+            paths = _checkpoint_paths(client, rows, tmp)
+            keep = sum(os.path.getsize(p) for p in paths.values()) <= KEEP_LOADED_BYTES
             for _ in range(rounds):
                 for row in rows:
                     run_id = row["run_id"]
                     threads = _param(row, "latency_threads")
                     torch.set_num_threads(int(float(threads)) if threads else own_threads)
                     device = _device_for(row)
-                    model = load_checkpoint(
-                        paths[run_id], str(row["params.model"]), *shapes
-                    ).to(device)  # fmt: skip
-                    if device.type == "cuda":
-                        model = model.to(memory_format=torch.channels_last)
+                    model = kept.get(run_id)
+                    if model is None:
+                        model = load_checkpoint(
+                            paths[run_id], str(row["params.model"]), *shapes
+                        ).to(device)  # fmt: skip
+                        if device.type == "cuda":
+                            model = model.to(memory_format=torch.channels_last)
+                        if keep:
+                            kept[run_id] = model
+                    # warm-up passes in every round, kept model or not: the caches and the
+                    # allocator went cold while the other checkpoints ran
                     times[run_id] += forward_times_ms(
                         model, example.to(device), warmup=warmup, repeats=repeats_per_round
                     )
                     devices[run_id] = device_label(device)
                     del model
     finally:
+        kept.clear()
         torch.set_num_threads(own_threads)
     return times, devices
 
