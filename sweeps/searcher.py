@@ -198,6 +198,8 @@ class RungAwareOptunaSearch(OptunaSearch):
         self._initial = len(kwargs.get("points_to_evaluate") or [])
         # one entry per cost-aware pick: (alpha, the candidates' costs, the index picked)
         self.picks: list[tuple[float, tuple[float, ...], int]] = []
+        # trial number -> (its parameters, its recipe): ``_known_recipes``
+        self._recipes_by_trial: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     @property
     def _internals(self) -> RayOptunaState:
@@ -275,7 +277,12 @@ class RungAwareOptunaSearch(OptunaSearch):
         study itself sees only the trial that runs) and pick one with probability
         proportional to cost ** -alpha (``cooled_cost_weights``, ``cooling_alpha``; alpha 0,
         a uniform pick, when the search is not cost-aware). Under an epoch budget only
-        proposals that fit are candidates; None when none does."""
+        proposals that fit are candidates; None when none does.
+
+        It runs on the sweep's driver before every trial the search proposes, so what it costs
+        delays each trial. The recipe of a trial the sweep has run is made once per sweep
+        instead of once per pick (``_known_recipes``), which changes no proposal
+        (tests/test_cost_aware_search.py compares the pick with a copy of it as first written)."""
         study = self._internals.study
         trials = [
             t for t in study.get_trials(deepcopy=False)
@@ -287,9 +294,12 @@ class RungAwareOptunaSearch(OptunaSearch):
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per throw-away study
         try:
-            scratch = optuna.create_study(
-                directions=study.directions, sampler=self._sampler_factory(seed)
-            )
+            # a fresh sampler and scratch study per pick: the sampler starts from the pick's
+            # seed, and the study holds the study's trials alone (one kept between picks would
+            # also hold the earlier picks' candidates, which take trial numbers and ids, and
+            # NSGA-II's caches of generations and parents: not provably the same proposals)
+            sampler = self._sampler_factory(seed)
+            scratch = optuna.create_study(directions=study.directions, sampler=sampler)
             scratch.add_trials(trials)  # copies: the study's own trials are not touched
             proposals: list[dict[str, Any]] = []
             costs: list[float] = []
@@ -303,7 +313,7 @@ class RungAwareOptunaSearch(OptunaSearch):
                 scratch.tell(trial, state=TrialState.FAIL)
             # a recipe the sweep has run or is running gives no new point (the trial would reuse
             # that run's result): such candidates are dropped, unless every candidate is one
-            known = [self._recipe(optuna.trial.FixedTrial(t.params)) for t in trials]
+            known = self._known_recipes(trials)
             fresh = [i for i, r in enumerate(recipes) if r not in known]
             if fresh and len(fresh) < len(proposals):
                 proposals = [proposals[i] for i in fresh]
@@ -329,6 +339,23 @@ class RungAwareOptunaSearch(OptunaSearch):
         index = int(rng.choice(len(proposals), p=cooled_cost_weights(costs, alpha)))
         self.picks.append((alpha, tuple(costs), index))
         return proposals[index]
+
+    def _known_recipes(self, trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
+        """The recipe of each of ``trials`` (the study's: run, running or ended), made from its
+        parameters. A trial's parameters are all set when the search asks for it (the space is
+        define-by-run), so each recipe is made once, kept by trial number and remade only if
+        that trial's parameters are not those it was made of (a restored or changed study)."""
+        made = getattr(self, "_recipes_by_trial", None)
+        if made is None:  # a searcher restored from a checkpoint written before this cache
+            made = self._recipes_by_trial = {}
+        known = []
+        for t in trials:
+            hit = made.get(t.number)
+            if hit is None or hit[0] != t.params:
+                hit = (dict(t.params), self._recipe(optuna.trial.FixedTrial(t.params)))
+                made[t.number] = hit
+            known.append(hit[1])
+        return known
 
     def _recipe(self, trial: Any) -> dict[str, Any]:
         """The recipe the search's space makes of ``trial`` (``sweeps.search.space_recipe``)."""
