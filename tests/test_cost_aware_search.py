@@ -301,13 +301,24 @@ def sweep_search(sampler: str, trials: int, cls=RungAwareOptunaSearch, seed: int
 
 
 def scripted_sweep(search: RungAwareOptunaSearch, trials: int) -> dict:
+    """``scripted_steps`` run to the end: what it returns."""
+    steps = scripted_steps(search, trials)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+def scripted_steps(search: RungAwareOptunaSearch, trials: int):
     """Drive ``search`` as Ray Tune does with 2 (now and then 3) trials at a time, by a fixed
     script: after each suggestion, running trials end (which, and how, drawn from the script's
     own seed) until at most 2 run (sometimes 3, sometimes fewer), so most picks see trials
     still RUNNING. An ending trial is COMPLETE with 2 values (55%), stopped early, so PRUNED
     (25%), diverged, so FAILED by a NaN (10%), or errored (10%). Returns every suggestion's
     config, every ``picks`` entry, every candidate the picks drew (its parameters, in draw
-    order), the trials running at each suggestion and the study's trial states at the end."""
+    order), the trials running at each suggestion and the study's trial states at the end. A
+    generator: it yields after each suggestion and the ends that follow it."""
     import numpy as np
     import optuna
 
@@ -344,6 +355,7 @@ def scripted_sweep(search: RungAwareOptunaSearch, trials: int) -> dict:
                 search.on_trial_complete(ended, None, error=True)
                 continue
             search.on_trial_complete(ended, result)
+        yield
     del search._recipe
     states = [t.state.name for t in search.study.get_trials(deepcopy=False)]
     return {"configs": configs, "picks": list(search.picks), "candidates": candidates,
