@@ -51,7 +51,9 @@ rest of the sweep. ``RungAwareOptunaSearch`` tells it as FAILED.
 
 from __future__ import annotations
 
+import copy
 import math
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -167,6 +169,160 @@ class RayOptunaState:
         self._search._completed_trials.add(trial_id)
 
 
+# No attribute of that name on the instance (``_OneFitPerPick``).
+_NOTHING = object()
+
+
+class _SharedFrozenTrial(optuna.trial.FrozenTrial):
+    """A trial of the study as handed to the scratch study's ``add_trials``, which stores a
+    deep copy of each trial it is given: this one's deep copy is a shallow copy (a plain
+    ``FrozenTrial``), which shares the trial's parameters, distributions, values and
+    attributes with the study's trial instead of copying every one of them (most of what
+    ``add_trials`` cost, a tenth of a pick).
+
+    Sharing them is safe: Optuna's in-memory storage never changes a stored trial's fields in
+    place (every write replaces the trial object with a copy whose changed field is a new
+    object), the scratch study writes only to the trials it asks for, and the study is not
+    written to while a pick runs. The scratch study's copy gets its own number and id, as a
+    deep copy would; it holds the same values."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> optuna.trial.FrozenTrial:
+        twin = copy.copy(self)
+        twin.__class__ = optuna.trial.FrozenTrial
+        return twin
+
+    @classmethod
+    def of(cls, trial: optuna.trial.FrozenTrial) -> _SharedFrozenTrial:
+        """``trial`` (not changed) as a ``_SharedFrozenTrial``."""
+        twin = copy.copy(trial)
+        twin.__class__ = cls
+        return twin
+
+
+class _OneFitPerPick:
+    """Makes the TPE sampler of one pick's scratch study fit its model once per pick instead of
+    once per candidate, with the same proposals.
+
+    A pick asks the scratch study ``candidates`` times and tells each candidate FAILED before
+    the next ask. Optuna's ``TPESampler`` (5.x) reads COMPLETE and PRUNED trials, and RUNNING
+    ones under its constant liar, never FAILED ones, and leaves out the trial it samples for
+    (by number); its start-up count is of COMPLETE and PRUNED trials. So every ask of a pick
+    sees the very same trials (the same ``FrozenTrial`` objects: the in-memory storage replaces
+    a trial's object on every write, it never changes one), and what TPE derives from them
+    alone is the same at every ask:
+
+    - the groups of parameters (``_GroupDecomposedSearchSpace.calculate``): it adds each
+      trial's parameters to the groups it keeps, and adding the same trials again splits no
+      group and adds none, so it returns the groups of the first ask (a group's parameters may
+      come in another order, but TPE sorts them by name wherever it reads them);
+    - the split into good and bad trials (``_split_trials``: non-domination ranks, hypervolume
+      tie-break);
+    - the Parzen estimators of each group (``_build_parzen_estimator``).
+
+    None of them draws a random number: only the samples drawn from the estimators use the
+    sampler's random state, and they (and their acquisition values, from which TPE takes the
+    best) are still drawn at every ask, in the same order. Memoising the three by the identity
+    of their inputs (the trial objects themselves, which the memo keeps alive so that their ids
+    stay theirs) thus returns what a new computation would return.
+
+    Installed, for the pick's asks, on the scratch study's own sampler only (made per pick,
+    thrown away after it): ``_build_parzen_estimator`` and the groups' ``calculate`` are wrapped
+    on the instances, and the sampler gets a copy of ``TPESampler._sample`` (Optuna's own code
+    object) whose module globals name the memoised ``_split_trials``; Optuna's modules and
+    classes are not touched, and leaving the ``with`` block removes all of it. Any other
+    sampler, a subclass, or an Optuna whose TPE lacks one of these names runs as it is.
+    tests/test_cost_aware_search.py checks the proposals against a pick without any of this."""
+
+    def __init__(self, sampler: Any) -> None:
+        self._sampler = sampler
+        # (object, attribute, what the instance had before) for each attribute set on one
+        self._patched: list[tuple[Any, str, Any]] = []
+        self._splits: dict[tuple, tuple] = {}
+        self._estimators: dict[tuple, tuple] = {}
+        self._groups: tuple | None = None  # (key, trials, groups) of the last call
+        self._split: Callable[..., Any] | None = None
+        self._build: Callable[..., Any] | None = None
+        self._calculate: Callable[..., Any] | None = None
+
+    def __enter__(self) -> _OneFitPerPick:
+        sampler = self._sampler
+        if type(sampler) is not optuna.samplers.TPESampler:
+            return self
+        sample = getattr(type(sampler), "_sample", None)
+        code = getattr(sample, "__code__", None)
+        self._build = getattr(sampler, "_build_parzen_estimator", None)
+        if code is None or self._build is None or "_split_trials" not in code.co_names:
+            return self
+        self._split = sample.__globals__.get("_split_trials")
+        if self._split is None:
+            return self
+        self._set(sampler, "_build_parzen_estimator", self.build)
+        names = {**sample.__globals__, "_split_trials": self.split}
+        sampled = types.FunctionType(
+            code, names, sample.__name__, sample.__defaults__, sample.__closure__
+        )
+        sampled.__kwdefaults__ = sample.__kwdefaults__
+        self._set(sampler, "_sample", types.MethodType(sampled, sampler))
+        groups = getattr(sampler, "_group_decomposed_search_space", None)
+        self._calculate = getattr(groups, "calculate", None)  # None unless group=True
+        if self._calculate is not None:
+            self._set(groups, "calculate", self.calculate)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """The sampler as it was made (no cycle through the memo keeps it alive)."""
+        for owner, name, before in reversed(self._patched):
+            if before is _NOTHING:
+                vars(owner).pop(name, None)
+            else:
+                vars(owner)[name] = before
+        self._patched.clear()
+        self._splits.clear()
+        self._estimators.clear()
+        self._groups = None
+
+    def _set(self, owner: Any, name: str, value: Any) -> None:
+        self._patched.append((owner, name, vars(owner).get(name, _NOTHING)))
+        setattr(owner, name, value)
+
+    # The memos key on id(study) too: the scratch study lives for as long as they do (the
+    # ``with`` block). Each keeps the trial lists it keys on, so that their ids stay theirs.
+
+    def calculate(self, study: Any, use_cache: bool = False) -> Any:
+        """The groups' ``calculate``, again only when the COMPLETE and PRUNED trials are not
+        the very ones of the last call (only the last is kept: the groups are state, and the
+        argument above holds for the trials that state was made of)."""
+        trials = study._get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=use_cache
+        )
+        key = (id(study), *map(id, trials))
+        if self._groups is None or self._groups[0] != key:
+            self._groups = (key, trials, self._calculate(study, use_cache))
+        return self._groups[2]
+
+    def split(self, study: Any, trials: list[Any], n_below: int) -> tuple[list, list]:
+        """``_split_trials``, once per study, trial objects and number of good trials."""
+        key = (id(study), n_below, *map(id, trials))
+        hit = self._splits.get(key)
+        if hit is None:
+            hit = self._splits[key] = (list(trials), self._split(study, trials, n_below))
+        below, above = hit[1]
+        return list(below), list(above)
+
+    def build(
+        self, study: Any, search_space: dict[str, Any], trials: list[Any], handle_below: bool
+    ) -> Any:
+        """``_build_parzen_estimator``, once per study, search space (its distributions in
+        their order: the estimator's columns), trial objects and side. The estimator is not
+        changed by sampling from it or by evaluating it."""
+        key = (id(study), handle_below, tuple(search_space.items()), *map(id, trials))
+        hit = self._estimators.get(key)
+        if hit is None:
+            mpe = self._build(study, search_space, trials, handle_below=handle_below)
+            hit = self._estimators[key] = (list(trials), mpe)
+        return hit[1]
+
+
 class RungAwareOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells a trial stopped before its last rung as PRUNED and a trial
     with a NaN or infinite objective as FAILED (see the module docstring); every other trial is
@@ -198,6 +354,8 @@ class RungAwareOptunaSearch(OptunaSearch):
         self._initial = len(kwargs.get("points_to_evaluate") or [])
         # one entry per cost-aware pick: (alpha, the candidates' costs, the index picked)
         self.picks: list[tuple[float, tuple[float, ...], int]] = []
+        # trial number -> (its parameters, its recipe): ``_known_recipes``
+        self._recipes_by_trial: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     @property
     def _internals(self) -> RayOptunaState:
@@ -275,7 +433,17 @@ class RungAwareOptunaSearch(OptunaSearch):
         study itself sees only the trial that runs) and pick one with probability
         proportional to cost ** -alpha (``cooled_cost_weights``, ``cooling_alpha``; alpha 0,
         a uniform pick, when the search is not cost-aware). Under an epoch budget only
-        proposals that fit are candidates; None when none does."""
+        proposals that fit are candidates; None when none does.
+
+        It runs on the sweep's driver before every trial the search proposes, so what it costs
+        delays each trial. Three things make it cheaper, none changes a proposal (a seeded search
+        proposes bit for bit what it did before: tests/test_cost_aware_search.py compares it
+        with a copy of the pick as first written): TPE fits its model once per pick instead of
+        once per candidate (``_OneFitPerPick``), the scratch study's copies of the study's
+        trials are shallow (``_SharedFrozenTrial``), and the recipe of a trial the sweep has run
+        is made once per sweep instead of once per pick (``_known_recipes``). What is left is
+        mostly TPE drawing each candidate from its model and weighing it, which takes the
+        sampler's random numbers in order and is done as before (tests/test_pick_speed.py)."""
         study = self._internals.study
         trials = [
             t for t in study.get_trials(deepcopy=False)
@@ -287,23 +455,28 @@ class RungAwareOptunaSearch(OptunaSearch):
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per throw-away study
         try:
-            scratch = optuna.create_study(
-                directions=study.directions, sampler=self._sampler_factory(seed)
-            )
-            scratch.add_trials(trials)  # copies: the study's own trials are not touched
+            # a fresh sampler and scratch study per pick: the sampler starts from the pick's
+            # seed, and the study holds the study's trials alone (one kept between picks would
+            # also hold the earlier picks' candidates, which take trial numbers and ids, and
+            # NSGA-II's caches of generations and parents: not provably the same proposals)
+            sampler = self._sampler_factory(seed)
+            scratch = optuna.create_study(directions=study.directions, sampler=sampler)
+            # copies: the study's own trials are not touched (_SharedFrozenTrial: how)
+            scratch.add_trials(_SharedFrozenTrial.of(t) for t in trials)
             proposals: list[dict[str, Any]] = []
             costs: list[float] = []
             recipes: list[dict[str, Any]] = []
-            for _ in range(max(1, self._candidates)):
-                trial = scratch.ask()
-                recipe = self._recipe(trial)
-                proposals.append(dict(trial.params))
-                recipes.append(recipe)
-                costs.append(float(self._cost(recipe)))
-                scratch.tell(trial, state=TrialState.FAIL)
+            with _OneFitPerPick(sampler):
+                for _ in range(max(1, self._candidates)):
+                    trial = scratch.ask()
+                    recipe = self._recipe(trial)
+                    proposals.append(dict(trial.params))
+                    recipes.append(recipe)
+                    costs.append(float(self._cost(recipe)))
+                    scratch.tell(trial, state=TrialState.FAIL)
             # a recipe the sweep has run or is running gives no new point (the trial would reuse
             # that run's result): such candidates are dropped, unless every candidate is one
-            known = [self._recipe(optuna.trial.FixedTrial(t.params)) for t in trials]
+            known = self._known_recipes(trials)
             fresh = [i for i, r in enumerate(recipes) if r not in known]
             if fresh and len(fresh) < len(proposals):
                 proposals = [proposals[i] for i in fresh]
@@ -329,6 +502,23 @@ class RungAwareOptunaSearch(OptunaSearch):
         index = int(rng.choice(len(proposals), p=cooled_cost_weights(costs, alpha)))
         self.picks.append((alpha, tuple(costs), index))
         return proposals[index]
+
+    def _known_recipes(self, trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
+        """The recipe of each of ``trials`` (the study's: run, running or ended), made from its
+        parameters. A trial's parameters are all set when the search asks for it (the space is
+        define-by-run), so each recipe is made once, kept by trial number and remade only if
+        that trial's parameters are not those it was made of (a restored or changed study)."""
+        made = getattr(self, "_recipes_by_trial", None)
+        if made is None:  # a searcher restored from a checkpoint written before this cache
+            made = self._recipes_by_trial = {}
+        known = []
+        for t in trials:
+            hit = made.get(t.number)
+            if hit is None or hit[0] != t.params:
+                hit = (dict(t.params), self._recipe(optuna.trial.FixedTrial(t.params)))
+                made[t.number] = hit
+            known.append(hit[1])
+        return known
 
     def _recipe(self, trial: Any) -> dict[str, Any]:
         """The recipe the search's space makes of ``trial`` (``sweeps.search.space_recipe``)."""

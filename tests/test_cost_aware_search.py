@@ -212,3 +212,172 @@ def test_ray_optuna_search_still_has_what_the_adapter_reads(tmp_path):
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert len(restored.study.get_trials(deepcopy=False)) == 2
     assert all(RayOptunaState(restored).is_completed(f"t{i}") for i in range(2))
+
+
+# --- the pick's proposals stay those of the pick as it was first written ------------------------
+
+
+class _ReferencePick(RungAwareOptunaSearch):
+    """``RungAwareOptunaSearch`` with ``_cost_aware_pick`` as it was before it cached anything
+    (commit 59a6c4b), kept verbatim: a fresh throw-away study per pick, 8 plain asks, every
+    known recipe replayed. The searcher's pick must propose exactly what this one proposes."""
+
+    def _cost_aware_pick(self):
+        import numpy as np
+        import optuna
+        from optuna.trial import TrialState
+
+        from sweeps.budget import active
+        from sweeps.searcher import ALPHA_START
+
+        study = self._internals.study
+        trials = [
+            t for t in study.get_trials(deepcopy=False)
+            if t.state != TrialState.WAITING
+        ]  # fmt: skip
+        started = len(trials)
+        seed = None if self._pick_seed is None else self._pick_seed * 1_000_003 + started
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            scratch = optuna.create_study(
+                directions=study.directions, sampler=self._sampler_factory(seed)
+            )
+            scratch.add_trials(trials)
+            proposals, costs, recipes = [], [], []
+            for _ in range(max(1, self._candidates)):
+                trial = scratch.ask()
+                recipe = self._recipe(trial)
+                proposals.append(dict(trial.params))
+                recipes.append(recipe)
+                costs.append(float(self._cost(recipe)))
+                scratch.tell(trial, state=TrialState.FAIL)
+            known = [self._recipe(optuna.trial.FixedTrial(t.params)) for t in trials]
+            fresh = [i for i, r in enumerate(recipes) if r not in known]
+            if fresh and len(fresh) < len(proposals):
+                proposals = [proposals[i] for i in fresh]
+                costs = [costs[i] for i in fresh]
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        budget = active()
+        if budget is not None and budget.epochs is not None:
+            fitting = [i for i, c in enumerate(costs) if budget.fits(c)]
+            if not fitting:
+                return None
+            proposals = [proposals[i] for i in fitting]
+            costs = [costs[i] for i in fitting]
+        if budget is not None:
+            alpha = ALPHA_START * (1.0 - budget.spent_share(started, self._initial))
+        elif self._budget:
+            alpha = cooling_alpha(started, self._initial, self._budget)
+        else:
+            alpha = ALPHA_START
+        if not getattr(self, "_cost_aware", True):
+            alpha = 0.0
+        rng = np.random.default_rng(seed)
+        index = int(rng.choice(len(proposals), p=cooled_cost_weights(costs, alpha)))
+        self.picks.append((alpha, tuple(costs), index))
+        return proposals[index]
+
+
+def sweep_search(sampler: str, trials: int, cls=RungAwareOptunaSearch, seed: int = 0):
+    """A search as the runner builds it for ``sweeps.mnist_finetune --quick --space
+    unstructured``: the quick unstructured space, the study's grid recipes enqueued first, the
+    recipe's epochs as its cost, two objectives. Every sampler's proposals are picked (the
+    runner picks random and NSGA-II proposals only under an epoch budget; the pick is the same)."""
+    from search_spaces import get_space
+    from sweeps.search import grid_points
+
+    space = get_space("unstructured", quick=True)
+    points = grid_points("mnist_finetune", True, "unstructured", limit=max(1, trials // 3))
+    factory = functools.partial(make_sampler, sampler, num_samples=trials, n_objectives=2,
+                                enqueued=len(points))  # fmt: skip
+    return cls(
+        space, metric=["test_accuracy", "nonzero_params"], mode=["max", "min"],
+        points_to_evaluate=points, sampler=factory(seed),
+        cost=functools.partial(recipe_epochs, dense_epochs=DENSE_EPOCHS),
+        sampler_factory=factory, budget=trials, pick_seed=seed,
+    )  # fmt: skip
+
+
+def scripted_sweep(search: RungAwareOptunaSearch, trials: int) -> dict:
+    """``scripted_steps`` run to the end: what it returns."""
+    steps = scripted_steps(search, trials)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+def scripted_steps(search: RungAwareOptunaSearch, trials: int):
+    """Drive ``search`` as Ray Tune does with 2 (now and then 3) trials at a time, by a fixed
+    script: after each suggestion, running trials end (which, and how, drawn from the script's
+    own seed) until at most 2 run (sometimes 3, sometimes fewer), so most picks see trials
+    still RUNNING. An ending trial is COMPLETE with 2 values (55%), stopped early, so PRUNED
+    (25%), diverged, so FAILED by a NaN (10%), or errored (10%). Returns every suggestion's
+    config, every ``picks`` entry, every candidate the picks drew (its parameters, in draw
+    order), the trials running at each suggestion and the study's trial states at the end. A
+    generator: it yields after each suggestion and the ends that follow it."""
+    import numpy as np
+    import optuna
+
+    script = np.random.default_rng(7)  # the script only: which trial ends when, and how
+    candidates: list[dict] = []
+    recipe = search._recipe
+
+    def spy(trial):  # each candidate is an optuna.Trial the pick asked for
+        made = recipe(trial)
+        if isinstance(trial, optuna.trial.Trial):
+            candidates.append(dict(trial.params))
+        return made
+
+    search._recipe = spy
+    running: list[str] = []
+    configs, concurrent = [], []
+    for i in range(trials):
+        concurrent.append(len(running))
+        configs.append(search.suggest(f"t{i}"))
+        running.append(f"t{i}")
+        cap = 3 if script.random() < 0.2 else 2
+        while len(running) > cap or (running and script.random() < 0.3):
+            ended = running.pop(int(script.integers(len(running))))
+            how, acc, params = script.random(), script.random(), float(script.integers(10**5))
+            if how < 0.55:
+                result = {"test_accuracy": acc, "nonzero_params": params, "rung": 3,
+                          "last_rung": 3}  # fmt: skip
+            elif how < 0.8:
+                result = {"test_accuracy": acc, "nonzero_params": params, "rung": 1,
+                          "last_rung": 3}  # fmt: skip
+            elif how < 0.9:
+                result = {"test_accuracy": float("nan"), "nonzero_params": params, "rung": 0}
+            else:
+                search.on_trial_complete(ended, None, error=True)
+                continue
+            search.on_trial_complete(ended, result)
+        yield
+    del search._recipe
+    states = [t.state.name for t in search.study.get_trials(deepcopy=False)]
+    return {"configs": configs, "picks": list(search.picks), "candidates": candidates,
+            "concurrent": concurrent, "states": states}  # fmt: skip
+
+
+@pytest.mark.parametrize("sampler, trials", [("tpe", 100), ("nsga2", 40), ("random", 30)])
+def test_picks_propose_what_the_reference_pick_proposes(sampler, trials):
+    """Bit for bit, pick by pick: the recorded benchmark figures of the search depend on which
+    recipes a seeded search proposes. The same scripted sweep (trials COMPLETE, PRUNED, FAILED
+    and still RUNNING at the picks) through the searcher and through ``_ReferencePick``."""
+    expected = scripted_sweep(sweep_search(sampler, trials, _ReferencePick), trials)
+    got = scripted_sweep(sweep_search(sampler, trials), trials)
+    # the script put every case to the test: the three ends, and picks beside running trials
+    assert {"COMPLETE", "PRUNED", "FAIL"} <= set(expected["states"])
+    assert sum(n >= 1 for n in expected["concurrent"]) > trials // 2
+    assert max(expected["concurrent"]) >= 2
+    assert len(expected["picks"]) >= trials - 8  # every trial but the grid's few is a pick
+    assert len(expected["candidates"]) == 8 * len(expected["picks"])
+    for i, (want, have) in enumerate(zip(expected["picks"], got["picks"], strict=True)):
+        assert have == want, f"pick {i}: (alpha, costs, index) {have} != {want}"
+    for i, (want, have) in enumerate(zip(expected["candidates"], got["candidates"], strict=True)):
+        assert have == want, f"pick {i // 8}, candidate {i % 8}: {have} != {want}"
+    assert got["configs"] == expected["configs"]
+    assert got["states"] == expected["states"]
