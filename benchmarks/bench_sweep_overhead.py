@@ -131,6 +131,7 @@ def main() -> int:
         spec = resolve_spec(study, argv)
         load = os.getloadavg()
         start = time.perf_counter()
+        start_epoch_s = time.time()
         outcome = run_sweep(spec, study)
         wall = time.perf_counter() - start
 
@@ -144,6 +145,9 @@ def main() -> int:
             max_results=10_000,
         )
         durations = (runs["end_time"] - runs["start_time"]).dt.total_seconds()
+        # where the wall time went: before the first child run, and after the last one ended
+        first_start = runs["start_time"].min().timestamp() - start_epoch_s
+        last_end = runs["end_time"].max().timestamp() - start_epoch_s
         concurrency = int(cpus // spec.cpus_per_trial)
         if spec.max_concurrent:
             concurrency = min(concurrency, spec.max_concurrent)
@@ -165,6 +169,9 @@ def main() -> int:
     print(f"  child runs: {len(runs)}, FINISHED {finished}, with every contract metric {complete}")
     print(f"  wall {wall:.1f} s, dense baseline {baseline_s:.1f} s, trials {durations.sum():.1f} s "
           f"in all (median {durations.median():.2f} s)")  # fmt: skip
+    print(f"  first child run started {first_start:.1f} s into the sweep "
+          f"({first_start - baseline_s:.1f} s more than the baseline took); the last ended "
+          f"{wall - last_end:.1f} s before the sweep's end")  # fmt: skip
     print(f"  overhead (wall - baseline) / (trial time / concurrency) = {overhead:.2f}")
     ok = finished == complete == args.trials == len(runs)
     if args.early_stop == "none":
