@@ -98,6 +98,8 @@ STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.E
 # Seconds after the first SIGINT/SIGTERM by which the sweep has stopped, or is stopped by force
 # (the run states written first): within the 30 s a supervisor usually waits before SIGKILL.
 STOP_GRACE_S = 20.0
+# CPUs from which the baseline and the store's creation overlap Ray's start (overlaps_start_up)
+OVERLAP_MIN_CPUS = 4
 # Ray Tune writes its experiment state (what --resume restores) at least this often (seconds).
 TUNE_CHECKPOINT_S = 5
 # Spaces that may choose weight rewinding: their baselines keep the early weights it needs.
@@ -806,6 +808,7 @@ class _StorePreparation:
         self.error: BaseException | None = None
         self.made: list[str] = []  # the folders and files this made, outermost first
         self._thread = threading.Thread(target=self._run, name="sqlite-store", daemon=True)
+        self._overlap = overlaps_start_up()
 
     def _run(self) -> None:
         try:
@@ -814,12 +817,18 @@ class _StorePreparation:
             self.error = err
 
     def wait(self) -> None:
-        """Wait for the store; raise what its preparation raised."""
-        self._thread.join()
+        """Wait for the store (without the thread, make it here); raise what its preparation
+        raised."""
+        if self._overlap:
+            self._thread.join()
+        else:
+            self._run()
         if self.error is not None:
             raise self.error
 
     def __enter__(self) -> _StorePreparation:
+        if not self._overlap:
+            return self  # _open_parent_run makes the store after Ray's start, as it always did
         self.sweep.store = self
         target = self.sweep.target
         if target.is_local_file:
@@ -834,6 +843,8 @@ class _StorePreparation:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
+        if not self._overlap:
+            return
         self._thread.join()
         if exc_type is None or self.sweep.parent_id or not self.made or self.error:
             return
@@ -961,12 +972,23 @@ class _Abandoned(Exception):
     """The sweep stopped (Ray did not start, a signal, an error) while its baselines trained."""
 
 
+def overlaps_start_up() -> bool:
+    """Whether the dense baseline trains, and the SQLite store is made, while Ray starts (each in
+    a thread): with at least ``OVERLAP_MIN_CPUS`` CPUs. Ray's start (2.5-4.5 s), the store's
+    (1-2 s) and the baseline all keep cores busy: on the 2-core VM the baseline took as much
+    longer beside them as they took, and a sweep's wall time did not fall (64.3 s before, 64.6 s
+    with it, for 100 one-second trials; 104.5 s and 107.8 s for the quick ResNet-18 sweep), so
+    there the three run one after the other."""
+    return (os.cpu_count() or 1) >= OVERLAP_MIN_CPUS
+
+
 class _BaselineTraining:
     """The dense baselines, trained (or loaded from the cache) in a thread from the moment the
-    data is loaded, while the driver starts Ray (2.5-4.5 s on a 2-core VM) and makes the parent
-    run (about 2 s on a new SQLite store): those then cost no wall time when the baselines take
-    as long. The thread writes nothing to MLflow (the parent run may not exist yet):
-    ``_record_baselines`` does, after ``wait``. Ray is still checked before any store exists."""
+    data is loaded, while the driver starts Ray and makes the parent run
+    (``overlaps_start_up``; otherwise in the driver's thread, at ``wait``): those then cost no
+    wall time when the baselines take as long. It writes nothing to MLflow (the parent run may
+    not exist yet): ``_record_baselines`` does, after ``wait``. Ray is still checked before any
+    store exists."""
 
     def __init__(self, sweep: _Sweep, interrupts: _Interrupts) -> None:
         self.sweep = sweep
@@ -976,6 +998,7 @@ class _BaselineTraining:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dense-baselines", daemon=True)
+        self._overlap = overlaps_start_up()
 
     def _progress(self, msg: str) -> None:
         """A progress line, and a safe point: after each dense epoch the thread ends if the
@@ -993,7 +1016,10 @@ class _BaselineTraining:
 
     def wait(self) -> None:
         """Wait for the baselines (a safe point for signals every quarter second); raise what
-        the thread raised."""
+        the thread raised. Without the thread, train them here."""
+        if not self._overlap:
+            self.seconds = _train_baselines(self.sweep, self.spec, self.sweep.progress)
+            return
         while self._thread.is_alive():
             self.interrupts.check()
             self._thread.join(0.25)
@@ -1001,12 +1027,14 @@ class _BaselineTraining:
             raise self.error
 
     def __enter__(self) -> _BaselineTraining:
-        self._thread.start()
+        if self._overlap:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()  # the thread ends after its current epoch (it may be that far along)
-        self._thread.join()
+        if self._overlap:
+            self._thread.join()
 
 
 def _train_baselines(sweep: _Sweep, spec: SweepSpec, progress: Callable[[str], None]) -> float:

@@ -70,9 +70,9 @@ def test_node_start_timeout_ends_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_the_baseline_trains_and_the_store_is_made_while_ray_starts(tmp_path, monkeypatch, capsys):
-    """Ray's start overlaps the dense baseline and the SQLite store's creation: the fake
-    ``ray.init`` waits (up to 60 s) until both have happened before it fails. The store it made
-    is removed again, the baseline (a cache) stays."""
+    """With cores to spare, Ray's start overlaps the dense baseline and the SQLite store's
+    creation: the fake ``ray.init`` waits (up to 60 s) until both have happened before it
+    fails. The store it made is removed again, the baseline (a cache) stays."""
     import ray
 
     db = tmp_path / "mlruns" / "mlflow.db"
@@ -86,6 +86,7 @@ def test_the_baseline_trains_and_the_store_is_made_while_ray_starts(tmp_path, mo
         seen["store"], seen["baseline"] = db.exists(), bool(list(cache.glob("*.pt")))
         raise NODE_TIMEOUT
 
+    monkeypatch.setattr(runner, "OVERLAP_MIN_CPUS", 1)  # as on a machine with spare cores
     monkeypatch.setattr(ray, "init", slow_start)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     unset(monkeypatch, runner.RAY_START_WAIT_ENV)
@@ -102,11 +103,19 @@ def test_a_failed_start_leaves_an_existing_store_alone(tmp_path, monkeypatch):
     from sweeps.tracking import prepare_sqlite_store, resolve_tracking_uri
 
     prepare_sqlite_store(resolve_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db"))
+    monkeypatch.setattr(runner, "OVERLAP_MIN_CPUS", 1)
     monkeypatch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(NODE_TIMEOUT))
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     unset(monkeypatch, runner.RAY_START_WAIT_ENV)
     assert runner.main(STUDY, sweep_argv(tmp_path)) == 2
     assert (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_the_start_up_overlaps_only_with_cores_to_spare(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert not runner.overlaps_start_up()  # the 2-core VM: one after the other
+    monkeypatch.setattr(os, "cpu_count", lambda: runner.OVERLAP_MIN_CPUS)
+    assert runner.overlaps_start_up()
 
 
 def test_the_user_setting_of_the_wait_is_kept(monkeypatch):
