@@ -443,7 +443,7 @@ class RungAwareOptunaSearch(OptunaSearch):
         trials are shallow (``_SharedFrozenTrial``), and the recipe of a trial the sweep has run
         is made once per sweep instead of once per pick (``_known_recipes``). What is left is
         mostly TPE drawing each candidate from its model and weighing it, which takes the
-        sampler's random numbers in order and is done as before (tests/test_pick_speed.py)."""
+        sampler's random numbers in order and is done as before (benchmarks/bench_pick.py)."""
         study = self._internals.study
         trials = [
             t for t in study.get_trials(deepcopy=False)
