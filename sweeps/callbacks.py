@@ -121,7 +121,8 @@ class TrialProgress(Callback):
 
     def _line(self, trials: list, trial: Any, outcome: str) -> None:
         self.ended += 1
-        running = sum(t.status == "RUNNING" for t in trials)
+        # Tune calls this before it marks ``trial`` ended: it is not counted as running
+        running = sum(t.status == "RUNNING" and t is not trial for t in trials)
         count = f"{self.ended}/{self.total}" if self.total else str(self.ended)
         print(f"[sweep] trial {count} {trial_run_name(self.ctx, trial)}: {outcome}; "
               f"{running} running", file=sys.stderr, flush=True)  # fmt: skip

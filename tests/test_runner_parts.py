@@ -143,11 +143,14 @@ def test_trial_progress_says_one_line_per_trial(capsys, tmp_path):
     recipe = {"method": "global_magnitude", "target_sparsity": 0.9, "schedule": "oneshot",
               "finetune_epochs": 2}  # fmt: skip
     progress = TrialProgress(_context(), total=3)
-    done = _Trial(recipe, {"rung": 2, "last_rung": 2, "test_accuracy": 0.98765,
-                           "sparsity": 0.9001, "time_total_s": 1.234})  # fmt: skip
+    # Ray Tune calls the callback while the ending trial still shows RUNNING
+    result = {"rung": 2, "last_rung": 2, "test_accuracy": 0.98765, "sparsity": 0.9001,
+              "time_total_s": 1.234}  # fmt: skip
+    done = _Trial(recipe, result, status="RUNNING")
     running = _Trial(recipe, status="RUNNING")
     progress.on_trial_complete(0, [done, running], done)
     stopped = _Trial(recipe, {"rung": 1, "last_rung": 2, "test_accuracy": 0.5})
+    done.status = "TERMINATED"
     progress.on_trial_complete(0, [done, stopped], stopped)
     error = tmp_path / "error.txt"
     error.write_text("Traceback (most recent call last):\n  ...\nValueError: bad lr\n")
