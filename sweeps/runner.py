@@ -62,7 +62,7 @@ from .cli import (
     parse_address,
     resolve_spec,
 )
-from .latency import remeasure_latency
+from .latency import DRIVER_METRICS, remeasure_latency
 from .report import format_analysis, write_outputs
 from .scheduler import MOASHAScheduler
 from .search import grid_points, make_sampler, points_within, recipe_epochs
@@ -638,12 +638,11 @@ class _Sweep:
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, for trials
     accuracies: dict[str, float] = field(default_factory=dict)  # dense test accuracy per model
     reused: list[bool] = field(default_factory=list)  # per model: its baseline came from cache
-    baseline_sources: dict[str, str] = field(default_factory=dict)  # cache, trained, checkpoint
     dense_totals: list[float] = field(default_factory=list)  # parameters of each dense model
     scheduler: MOASHAScheduler | None = None  # early stopping, if the sweep uses it
     interrupts: _Interrupts | None = None  # the driver's signal handling, for its safe points
     budget: Budget = field(default_factory=Budget)  # trials, epochs, time: limits and account
-    store: Any = None  # the _StorePreparation of a new SQLite store, while Ray starts
+    store: Any = None  # its _StorePreparation: the SQLite store, made (or waited for) here
 
     def progress(self, msg: str) -> None:
         """A progress line, and a safe point to stop at (after a dense epoch, a latency)."""
@@ -827,12 +826,11 @@ class _StorePreparation:
             raise self.error
 
     def __enter__(self) -> _StorePreparation:
+        self.sweep.store = self  # _open_parent_run waits for it (or, without the thread, makes it)
         if not self._overlap:
-            return self  # _open_parent_run makes the store after Ray's start, as it always did
-        self.sweep.store = self
-        target = self.sweep.target
-        if target.is_local_file:
-            db = os.path.abspath(target.uri[len("sqlite:///") :])
+            return self
+        if self.sweep.target.is_local_file:
+            db = os.path.abspath(self.sweep.target.uri[len("sqlite:///") :])
             missing = [db + suffix for suffix in ("", ".lock", "-wal", "-shm")]
             folder = os.path.dirname(db)
             while folder and not os.path.exists(folder):
@@ -875,10 +873,7 @@ def _open_parent_run(sweep: _Sweep) -> None:
     from mlflow.tracking import MlflowClient
 
     spec = sweep.spec
-    if sweep.store is not None:  # made while Ray started
-        sweep.store.wait()
-    else:
-        prepare_sqlite_store(sweep.target)  # after every check that needs no store
+    sweep.store.wait()  # after every check that needs no store (Ray's start included)
     sweep.client = client = MlflowClient(tracking_uri=sweep.target.uri)
     sweep.resumed = find_sweep(client, spec.resume) if spec.resume else None
     if spec.resume and sweep.resumed is None:
@@ -1056,8 +1051,10 @@ def _train_baseline(
     say(f"dense {model} {cfg.baseline_hash()}: {origin}")
     b = load_or_train_baseline(cfg, device_data, spec.cache_dir, log=progress,
                                checkpoint=spec.init_checkpoint)  # fmt: skip
-    source = "cache" if b.reused else ("checkpoint" if spec.init_checkpoint else "trained")
-    say(f"dense {model} {source}: test accuracy {b.test_accuracy:.4f} ({b.path})")
+    say(
+        f"dense {model} {_baseline_source(spec, b.reused)}: test accuracy "
+        f"{b.test_accuracy:.4f} ({b.path})"
+    )
     if not spec.init_checkpoint:  # the user's own weights are theirs to judge
         _check_baseline(model, b.test_accuracy, data.num_classes, spec.baseline_epochs)
     sweep.baselines[model] = {
@@ -1066,18 +1063,22 @@ def _train_baseline(
         "rewind_states": b.rewind_states,
     }
     sweep.accuracies[model] = b.test_accuracy
-    sweep.baseline_sources[model] = source
     dense_model = build_model(model, data.in_channels, data.num_classes, data.image_size)
     sweep.dense_totals.append(float(count_parameters(dense_model)[0]))
     sweep.reused.append(b.reused)
     return b.train_seconds
 
 
+def _baseline_source(spec: SweepSpec, reused: bool) -> str:
+    """Where a baseline came from: ``cache``, ``checkpoint`` (--init-checkpoint) or ``trained``."""
+    return "cache" if reused else ("checkpoint" if spec.init_checkpoint else "trained")
+
+
 def _record_baselines(sweep: _Sweep, seconds: float) -> None:
     """The baselines' sources, accuracies and training seconds on the parent run."""
     spec, client, parent_id = sweep.spec, sweep.client, sweep.parent_id
-    for model in spec.models:
-        client.set_tag(parent_id, f"baseline_source.{model}", sweep.baseline_sources[model])
+    for model, reused in zip(spec.models, sweep.reused, strict=True):
+        client.set_tag(parent_id, f"baseline_source.{model}", _baseline_source(spec, reused))
         client.log_metric(parent_id, f"dense_test_accuracy.{model}", sweep.accuracies[model])
     if spec.init_checkpoint:  # the given weights, evaluated (or their evaluation, cached)
         client.set_tag(parent_id, "baseline_source", "checkpoint")
@@ -1491,7 +1492,7 @@ def _with_driver_latency(
     store (``sweeps.latency``)."""
     children = children.copy()
     rows = children["run_id"].map(figures)
-    for name in ("latency_ms", "latency_ms_spread", "latency_ms_trial"):
+    for name in DRIVER_METRICS:
         column = f"metrics.{name}"
         new = rows.map(lambda f, n=name: f.get(n) if isinstance(f, dict) else None)
         new = pd.to_numeric(new, errors="coerce")
