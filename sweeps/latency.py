@@ -30,7 +30,6 @@ import os
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -211,20 +210,20 @@ def _check_batch(rows: list[pd.Series], example: torch.Tensor) -> None:
 def _local_checkpoint(row: pd.Series, artifact: str) -> str | None:
     """The checkpoint file where it lies, if the run's artifact store is a local folder (an
     ``artifact_uri`` ``file:///abs/path`` or ``/abs/path``) and the file is there; else None
-    (then it is downloaded). The path is resolved as MLflow's ``LocalArtifactRepository`` does
-    (``mlflow.utils.file_utils.local_file_uri_to_path``: the URI's path part, percent-decoded by
-    ``url2pathname``, joined with the normalized artifact path)."""
+    (then it is downloaded). The path is resolved as MLflow's ``LocalArtifactRepository`` does,
+    with its own ``local_file_uri_to_path``, and joined with the normalized artifact path."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
     uri = row.get("artifact_uri")
     if not isinstance(uri, str) or not uri:
         return None
     parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme == "file" and not parsed.netloc:
-        root = urllib.request.url2pathname(parsed.path)
-    elif not parsed.scheme and os.path.isabs(uri):
-        root = urllib.request.url2pathname(uri)
-    else:  # http(s), s3, mlflow-artifacts, file://host/..., a relative path: MLflow fetches it
+    local = (parsed.scheme == "file" and not parsed.netloc) or (
+        not parsed.scheme and os.path.isabs(uri)
+    )
+    if not local:  # http(s), s3, mlflow-artifacts, file://host/..., a relative path: downloaded
         return None
-    root = os.path.abspath(root)
+    root = os.path.abspath(local_file_uri_to_path(uri))
     path = os.path.abspath(os.path.join(root, os.path.normpath(artifact)))
     # a run name with ".." must not lead out of the run's folder (MLflow refuses it too)
     if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
