@@ -43,7 +43,8 @@ def test_node_start_timeout_ends_in_one_line(tmp_path, monkeypatch, capsys):
     calls = []
 
     def timed_out(*args, **kwargs):
-        calls.append(kwargs)
+        # the environment Ray's processes would have inherited
+        calls.append({**kwargs, "environ": dict(os.environ)})
         raise NODE_TIMEOUT
 
     monkeypatch.setattr(ray, "init", timed_out)
@@ -51,7 +52,13 @@ def test_node_start_timeout_ends_in_one_line(tmp_path, monkeypatch, capsys):
     unset(monkeypatch, runner.RAY_WORKER_NICENESS_ENV)
     assert runner.main(STUDY, sweep_argv(tmp_path)) == 2
     assert len(calls) == 1
-    assert calls[0]["runtime_env"]["env_vars"]["RAY_worker_niceness"] == "0"
+    # the trials' settings come through the environment Ray starts with, not a runtime env
+    # (whose workers Ray would start anew for each trial actor)
+    assert calls[0]["runtime_env"] is None
+    assert calls[0]["environ"]["RAY_worker_niceness"] == "0"
+    assert calls[0]["environ"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    # and only while Ray starts: the driver's own environment is as it was
+    assert "RAY_worker_niceness" not in os.environ
     # Ray was given the longer wait through its own setting (inherited by its processes)
     assert os.environ[runner.RAY_START_WAIT_ENV] == str(runner.RAY_START_WAIT_S) == "120"
     err = capsys.readouterr().err.strip().splitlines()

@@ -163,3 +163,44 @@ def test_trial_progress_says_one_line_per_trial(capsys, tmp_path):
         "0 running",
         "[sweep] trial 3/3 cnn_prune_90perc_oneshot2: FAILED: ValueError: bad lr; 0 running",
     ]
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "expected"),
+    [
+        (2, 0, 1.0, 0.0, 0, 2),  # the 2-core VM: two trials of one CPU
+        (16, 0, 3.0, 0.0, 0, 5),  # 16 // 3
+        (16, 0, 1.0, 0.0, 4, 4),  # --max-concurrent caps it
+        (16, 2, 1.0, 0.5, 0, 4),  # two GPUs, half a GPU each: the GPUs decide
+        (16, 0, 32.0, 0.0, 0, 1),  # never below one
+    ],
+)
+def test_trials_at_once(cpus, gpus, cpus_per_trial, gpus_per_trial, max_concurrent, expected):
+    from types import SimpleNamespace
+
+    from sweeps.runner import trials_at_once
+
+    spec = SimpleNamespace(
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent
+    )
+    assert trials_at_once(spec, {"CPU": cpus, "GPU": gpus}) == expected
+
+
+def test_tune_keeps_as_many_trials_pending_as_run_at_once(monkeypatch):
+    """Ray Tune's own reading of its setting (``_get_max_pending_trials``) for a searcher: 1 by
+    default, the sweep's count inside ``_pending_trials``, and a user's own setting left alone."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+    from ray.tune.search import SearchGenerator, Searcher
+
+    from sweeps.runner import TUNE_PENDING_TRIALS_ENV, _pending_trials
+
+    monkeypatch.delenv(TUNE_PENDING_TRIALS_ENV, raising=False)
+    search = SearchGenerator(Searcher(metric="a", mode="max"))
+    assert _get_max_pending_trials(search) == 1
+    with _pending_trials(2):
+        assert _get_max_pending_trials(search) == 2
+    assert TUNE_PENDING_TRIALS_ENV not in os.environ
+    monkeypatch.setenv(TUNE_PENDING_TRIALS_ENV, "7")
+    with _pending_trials(2):
+        assert _get_max_pending_trials(search) == 7
+    assert os.environ[TUNE_PENDING_TRIALS_ENV] == "7"
