@@ -190,7 +190,7 @@ def test_tune_keeps_as_many_trials_pending_as_run_at_once(monkeypatch):
     """Ray Tune's own reading of its setting (``_get_max_pending_trials``) for a searcher: 1 by
     default, the sweep's count inside ``_pending_trials``, and a user's own setting left alone."""
     from ray.tune.execution.tune_controller import _get_max_pending_trials
-    from ray.tune.search import SearchGenerator, Searcher
+    from ray.tune.search import Searcher, SearchGenerator
 
     from sweeps.runner import TUNE_PENDING_TRIALS_ENV, _pending_trials
 
