@@ -204,3 +204,43 @@ def test_tune_keeps_as_many_trials_pending_as_run_at_once(monkeypatch):
     with _pending_trials(2):
         assert _get_max_pending_trials(search) == 7
     assert os.environ[TUNE_PENDING_TRIALS_ENV] == "7"
+
+
+def test_ray_shuts_down_in_a_thread_once_the_sweep_needs_it_no_more(monkeypatch):
+    """``_RayShutdown``: after ``start`` Ray's shutdown runs once, in its own thread, and
+    ``finish`` waits for it; without ``start`` (a sweep that stopped early) ``finish`` shuts Ray
+    down itself; an error of the shutdown is raised by ``finish``."""
+    import threading
+
+    import ray
+
+    from sweeps.runner import _RayShutdown
+
+    calls: list[str] = []
+    release = threading.Event()
+
+    def shutdown() -> None:
+        release.wait(10)  # still shutting down while the driver goes on
+        calls.append(threading.current_thread().name)
+
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    leaving = _RayShutdown()
+    leaving.start()
+    leaving.start()  # once only
+    assert calls == []  # start did not wait for it
+    release.set()
+    leaving.finish()
+    assert calls == ["ray-shutdown"]
+
+    calls.clear()
+    _RayShutdown().finish()
+    assert calls == [threading.current_thread().name]
+
+    def failing() -> None:
+        raise RuntimeError("raylet gone")
+
+    monkeypatch.setattr(ray, "shutdown", failing)
+    leaving = _RayShutdown()
+    leaving.start()
+    with pytest.raises(RuntimeError, match="raylet gone"):
+        leaving.finish()
