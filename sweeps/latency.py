@@ -14,11 +14,11 @@ unstructured: the pruned weights are zeros in dense tensors, which dense kernels
 any other value, so every such checkpoint of a model runs the same computation, and timing each
 one only gave the same workload N different figures whose differences were noise (a quick
 ResNet-18 sweep: 6 identical-architecture checkpoints, 41.4-50.6 ms). Two checkpoints share a
-group when they have the same *timing signature*: the loaded model's class, the name, shape and
-dtype of every state-dict entry in order, the device type and the thread count they are timed
-with. Channel-removed checkpoints (``save_pruned_model``) have smaller tensors, so each removed
-shape is a group of its own. The group's first run is its representative: its model is the one
-timed, and every run of the group gets the group's figures.
+group when they have the same *timing signature*: the run's model name, the loaded model's
+class, the name, shape and dtype of every state-dict entry in order, the device type and the
+thread count they are timed with. Channel-removed checkpoints (``save_pruned_model``) have
+smaller tensors, so each removed shape is a group of its own. The group's first run is its
+representative: its model is the one timed, and every run of the group gets the group's figures.
 
 What each child run gets (MLflow):
 
@@ -70,10 +70,10 @@ DRIVER_METRICS = ("latency_ms", "latency_ms_spread", "latency_ms_trial")
 # pickle framing), so the loaded model takes about as many bytes, on the CPU or on the GPU it is
 # moved to.
 KEEP_LOADED_BYTES = 1 << 30  # 1 GiB
-# A checkpoint's timing signature: (model class, ((state-dict name, shape, dtype), ...), device
-# type, thread count). Checkpoints with equal signatures run the same computation, so they are
-# timed once, as one group (see the module docstring).
-Signature = tuple[str, tuple[tuple[str, tuple[int, ...], str], ...], str, int]
+# A checkpoint's timing signature: (the run's model name, model class, ((state-dict name, shape,
+# dtype), ...), device type, thread count). Checkpoints with equal signatures run the same
+# computation, so they are timed once, as one group (see the module docstring).
+Signature = tuple[str, str, tuple[tuple[str, tuple[int, ...], str], ...], str, int]
 
 
 def checkpoint_artifact(run_name: str) -> str:
@@ -126,14 +126,18 @@ def _threads_for(row: pd.Series, own_threads: int) -> int:
     return int(float(threads)) if threads else own_threads
 
 
-def _signature(model: torch.nn.Module, device: torch.device, threads: int) -> Signature:
-    """The timing signature of a loaded model timed on ``device``'s type with ``threads``
-    threads: what decides the computation a forward pass runs, not the values in the tensors
-    (dense kernels do not skip the zeros of unstructured pruning)."""
+def _signature(
+    model: torch.nn.Module, model_name: str, device: torch.device, threads: int
+) -> Signature:
+    """The timing signature of a loaded model (the run's ``model_name``) timed on ``device``'s
+    type with ``threads`` threads: what decides the computation a forward pass runs, not the
+    values in the tensors (dense kernels do not skip the zeros of unstructured pruning). The
+    model's name too: the tensors do not show what has none (activations, pooling, strides), so
+    two models with the same tensors, a user's among them, must not share a timing."""
     cls = type(model)
     state = model.state_dict()
     tensors = tuple((name, tuple(t.shape), str(t.dtype)) for name, t in state.items())
-    return (f"{cls.__module__}.{cls.__qualname__}", tensors, device.type, threads)
+    return (model_name, f"{cls.__module__}.{cls.__qualname__}", tensors, device.type, threads)
 
 
 def _log_driver_latency(
@@ -338,8 +342,9 @@ def _time_checkpoints(
             for row in rows:
                 run_id = row["run_id"]
                 device = _device_for(row)
-                model = load_checkpoint(paths[run_id], str(row["params.model"]), *shapes)
-                signature = _signature(model, device, _threads_for(row, own_threads))
+                name = str(row["params.model"])
+                model = load_checkpoint(paths[run_id], name, *shapes)
+                signature = _signature(model, name, device, _threads_for(row, own_threads))
                 if signature not in representatives:
                     representatives[signature] = row
                     if keep:

@@ -391,3 +391,21 @@ def test_the_logged_figures_are_the_returned_ones_at_the_trials_step(tmp_path, m
         for name in ("latency_ms_trial", "latency_ms_spread"):
             (metric,) = client.get_metric_history(run_id, name)
             assert (metric.step, metric.timestamp) == (TRIAL_STEP, driver.timestamp)
+
+
+def test_the_timing_signature_ignores_values_but_not_the_model_name():
+    """Two mlps whose weights differ (one all zeros, as a 100% pruned one) share a signature;
+    another model name with the very same tensors (a user's model could have them) does not,
+    nor do another thread count or another architecture."""
+    cpu = torch.device("cpu")
+    dense = build_model("mlp", IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE)
+    zeros = build_model("mlp", IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE)
+    with torch.no_grad():
+        for p in zeros.parameters():
+            p.zero_()
+    cnn = build_model("cnn", IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE)
+    sig = latency._signature
+    assert sig(dense, "mlp", cpu, 1) == sig(zeros, "mlp", cpu, 1)
+    assert sig(dense, "mlp", cpu, 1) != sig(dense, "my_mlp", cpu, 1)
+    assert sig(dense, "mlp", cpu, 1) != sig(dense, "mlp", cpu, 2)
+    assert sig(dense, "mlp", cpu, 1) != sig(cnn, "mlp", cpu, 1)
