@@ -98,7 +98,7 @@ STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.E
 # Seconds after the first SIGINT/SIGTERM by which the sweep has stopped, or is stopped by force
 # (the run states written first): within the 30 s a supervisor usually waits before SIGKILL.
 STOP_GRACE_S = 20.0
-# CPUs from which the baseline and the store's creation overlap Ray's start (overlaps_start_up)
+# CPUs from which the dense baseline trains while Ray starts (overlaps_start_up)
 OVERLAP_MIN_CPUS = 4
 # Ray Tune writes its experiment state (what --resume restores) at least this often (seconds).
 TUNE_CHECKPOINT_S = 5
@@ -867,7 +867,10 @@ def _ray_keeps_our_sigterm() -> Iterator[None]:
 
 class _StorePreparation:
     """A new SQLite store's tables, made in a thread while Ray starts (MLflow's schema
-    migrations took 0.9-4 s on a 2-core VM, the first trial waited for them). If the sweep
+    migrations took 0.9-4 s on a 2-core VM, the first trial waited for them), on any machine:
+    Ray's start mostly waits for its processes, and the store's 1-2.6 s of one core (most of it
+    importing MLflow's SQL store) fit in beside it (the first trial of 100 began 7.8-9.7 s into
+    the sweep with it, 8.9-11.3 s without, runs alternated on the 2-core VM). If the sweep
     stops before its parent run exists (Ray did not start, a signal), a store this made is
     removed again, as long as nobody else wrote a run there meanwhile: a failed start leaves
     no store behind, as when the store was made after Ray's start."""
@@ -877,7 +880,6 @@ class _StorePreparation:
         self.error: BaseException | None = None
         self.made: list[str] = []  # the folders and files this made, outermost first
         self._thread = threading.Thread(target=self._run, name="sqlite-store", daemon=True)
-        self._overlap = overlaps_start_up()
 
     def _run(self) -> None:
         try:
@@ -886,19 +888,13 @@ class _StorePreparation:
             self.error = err
 
     def wait(self) -> None:
-        """Wait for the store (without the thread, make it here); raise what its preparation
-        raised."""
-        if self._overlap:
-            self._thread.join()
-        else:
-            self._run()
+        """Wait for the store; raise what its preparation raised."""
+        self._thread.join()
         if self.error is not None:
             raise self.error
 
     def __enter__(self) -> _StorePreparation:
-        self.sweep.store = self  # _open_parent_run waits for it (or, without the thread, makes it)
-        if not self._overlap:
-            return self
+        self.sweep.store = self  # _open_parent_run waits for it
         if self.sweep.target.is_local_file:
             db = os.path.abspath(self.sweep.target.uri[len("sqlite:///") :])
             missing = [db + suffix for suffix in ("", ".lock", "-wal", "-shm")]
@@ -911,8 +907,6 @@ class _StorePreparation:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if not self._overlap:
-            return
         self._thread.join()
         if exc_type is None or self.sweep.parent_id or not self.made or self.error:
             return
@@ -1038,12 +1032,12 @@ class _Abandoned(Exception):
 
 
 def overlaps_start_up() -> bool:
-    """Whether the dense baseline trains, and the SQLite store is made, while Ray starts (each in
-    a thread): with at least ``OVERLAP_MIN_CPUS`` CPUs. Ray's start (2.5-4.5 s), the store's
-    (1-2 s) and the baseline all keep cores busy: on the 2-core VM the baseline took as much
-    longer beside them as they took, and a sweep's wall time did not fall (64.3 s before, 64.6 s
-    with it, for 100 one-second trials; 104.5 s and 107.8 s for the quick ResNet-18 sweep), so
-    there the three run one after the other."""
+    """Whether the dense baseline trains while Ray starts (in a thread): with at least
+    ``OVERLAP_MIN_CPUS`` CPUs. The baseline keeps every core it is given busy: on the 2-core VM
+    it took as much longer beside Ray's start (2.5-4.5 s) and the store's as they took, and a
+    sweep's wall time did not fall (64.3 s before, 64.6 s with it, for 100 one-second trials;
+    104.5 s and 107.8 s for the quick ResNet-18 sweep), so there it trains after them. (The
+    store is made beside Ray's start on any machine: ``_StorePreparation``.)"""
     return (os.cpu_count() or 1) >= OVERLAP_MIN_CPUS
 
 

@@ -104,6 +104,33 @@ def test_the_baseline_trains_and_the_store_is_made_while_ray_starts(tmp_path, mo
     assert len(list(cache.glob("*.pt"))) == 1  # the baseline is kept for the next start
 
 
+def test_the_store_is_made_while_ray_starts_with_two_cores(tmp_path, monkeypatch, capsys):
+    """On the 2-core VM the store is still made while Ray starts (the baseline trains after
+    Ray's start there): the fake ``ray.init`` waits (up to 60 s) until the store exists, and no
+    baseline exists yet then. The store it made is removed again after the failed start."""
+    import ray
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    seen = {}
+
+    def slow_start(*args, **kwargs):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not db.exists():
+            time.sleep(0.05)
+        seen["store"] = db.exists()
+        seen["baseline"] = bool(list((tmp_path / "baselines").glob("*.pt")))
+        raise NODE_TIMEOUT
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(ray, "init", slow_start)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    unset(monkeypatch, runner.RAY_START_WAIT_ENV)
+    assert runner.main(STUDY, sweep_argv(tmp_path)) == 2
+    assert seen == {"store": True, "baseline": False}
+    assert capsys.readouterr().err.count("error:") == 1
+    assert not (tmp_path / "mlruns").exists()  # the new store, removed with its folder
+
+
 def test_a_failed_start_leaves_an_existing_store_alone(tmp_path, monkeypatch):
     import ray
 
@@ -118,7 +145,7 @@ def test_a_failed_start_leaves_an_existing_store_alone(tmp_path, monkeypatch):
     assert (tmp_path / "mlruns" / "mlflow.db").exists()
 
 
-def test_the_start_up_overlaps_only_with_cores_to_spare(monkeypatch):
+def test_the_baseline_overlaps_only_with_cores_to_spare(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert not runner.overlaps_start_up()  # the 2-core VM: one after the other
     monkeypatch.setattr(os, "cpu_count", lambda: runner.OVERLAP_MIN_CPUS)
