@@ -232,31 +232,49 @@ def remeasure_latency(
     summaries = {rep_id: latency_summary(passes) for rep_id, passes in times.items()}
     out: dict[str, dict[str, float]] = {}
     for row in rows:
-        run_id, run_name = row["run_id"], row["tags.mlflow.runName"]
+        run_id = row["run_id"]
         rep_id = timed_by[run_id]
-        summary = summaries[rep_id]
-        trial_ms = _trial_latency(row)
-        out[run_id] = {
-            "latency_ms": summary["median_ms"],
-            "latency_ms_spread": summary["spread"],
-            "latency_ms_p10": summary["p10_ms"],
-            "latency_ms_p90": summary["p90_ms"],
-            "latency_ms_trial": trial_ms,
-        }
+        out[run_id] = _figures(summaries[rep_id], _trial_latency(row))
         _log_driver_latency(client, run_id, out[run_id], devices[rep_id], names[rep_id])
-        shared = (
-            f"; timed once for {group_size[rep_id]} checkpoints of the same architecture, "
-            f"on {names[rep_id]}'s"
-            if group_size[rep_id] > 1
-            else ""
-        )
-        say(
-            f"latency {run_name}: {summary['median_ms']:.2f} ms (p90/p10 "
-            f"{summary['spread']:.2f}; in the sweep {trial_ms:.2f} ms) on {devices[rep_id]}, "
-            f"{_param(row, 'latency_threads') or own_threads} thread(s), batch "
-            f"{example.shape[0]}{shared}"
-        )
+        threads = _param(row, "latency_threads") or own_threads
+        group = (group_size[rep_id], names[rep_id])
+        say(_progress_line(names[run_id], out[run_id], devices[rep_id], threads, example, group))
     return out
+
+
+def _progress_line(
+    run_name: str,
+    figures: dict[str, float],
+    device: str,
+    threads: Any,
+    example: torch.Tensor,
+    group: tuple[int, str],
+) -> str:
+    """The pass's line for one run: its figures, how it was timed, and for a ``group`` of more
+    than one (size, representative's run name) on whose checkpoint."""
+    size, representative = group
+    shared = (
+        f"; timed once for {size} checkpoints of the same architecture, on {representative}'s"
+        if size > 1
+        else ""
+    )
+    return (
+        f"latency {run_name}: {figures['latency_ms']:.2f} ms (p90/p10 "
+        f"{figures['latency_ms_spread']:.2f}; in the sweep {figures['latency_ms_trial']:.2f} ms) "
+        f"on {device}, {threads} thread(s), batch {example.shape[0]}{shared}"
+    )
+
+
+def _figures(summary: dict[str, float], trial_ms: float) -> dict[str, float]:
+    """A run's figures: its group's timing ``summary`` (``latency_summary``) and the trial's own
+    ``trial_ms``."""
+    return {
+        "latency_ms": summary["median_ms"],
+        "latency_ms_spread": summary["spread"],
+        "latency_ms_p10": summary["p10_ms"],
+        "latency_ms_p90": summary["p90_ms"],
+        "latency_ms_trial": trial_ms,
+    }
 
 
 def _check_batch(rows: list[pd.Series], example: torch.Tensor) -> None:

@@ -1412,15 +1412,15 @@ def trials_at_once(spec: SweepSpec, resources: dict[str, float]) -> int:
 
 
 @contextlib.contextmanager
-def _pending_trials(count: int) -> Iterator[None]:
+def _pending_trials(count: int | None) -> Iterator[None]:
     """Let Ray Tune keep ``count`` trials waiting for an actor while the block runs, unless the
     user set ``TUNE_PENDING_TRIALS_ENV``. With a searcher Tune keeps one: when a trial ended
     before the second actor had started, that trial's actor took the waiting trial, the second
     actor was dropped, and the sweep ran one trial at a time from then on (100 trials of 0.08 s
     on 2 CPUs: every trial ended with none beside it; with 2, the trials took 7.0 s instead of
     11.9 s). A waiting trial is proposed before a running one ends, as the one Tune kept
-    already was."""
-    if TUNE_PENDING_TRIALS_ENV in os.environ:
+    already was. ``None`` (no Ray to ask how many): Tune's default."""
+    if count is None or TUNE_PENDING_TRIALS_ENV in os.environ:
         yield
         return
     os.environ[TUNE_PENDING_TRIALS_ENV] = str(count)
@@ -1435,7 +1435,7 @@ def _fit(tuner: Any, interrupts: _Interrupts, spec: SweepSpec) -> None:
     import ray
 
     interrupts.in_tune = True
-    at_once = trials_at_once(spec, ray.cluster_resources())
+    at_once = trials_at_once(spec, ray.cluster_resources()) if ray.is_initialized() else None
     with _tune_log_filter(), _pending_trials(at_once):
         tuner.fit()
     interrupts.in_tune = False

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -229,6 +230,29 @@ class TrialPlan:
         print(f"[{self.run_name}] {msg}", flush=True)
 
 
+class QuietWorkerExit:
+    """``sys.unraisablehook`` of a trial's worker process: a ``SystemExit`` that Python could not
+    raise is dropped without a word; anything else goes to the hook it replaced. Ray's SIGTERM
+    handler raises ``SystemExit`` wherever the worker is when Ray stops it (an actor no trial
+    needs any more, the sweep's end); inside a finalizer (a ``WeakSet`` callback) Python cannot
+    raise it and printed "Exception ignored" with a traceback, which Ray forwarded to the
+    sweep's output as if a trial had failed. The worker is leaving either way."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, SystemExit):
+            return
+        self.previous(unraisable)
+
+    @classmethod
+    def install(cls) -> None:
+        """Make it this process's hook (once)."""
+        if not isinstance(sys.unraisablehook, cls):
+            sys.unraisablehook = cls(sys.unraisablehook)
+
+
 def prune_trial(
     config: dict[str, Any],
     context: TrialContext | None = None,
@@ -243,6 +267,7 @@ def prune_trial(
     from ray import tune
 
     assert context is not None and baselines is not None and data is not None
+    QuietWorkerExit.install()  # this runs in the trial's worker process
     load_plugins(context.plugins)  # what they register (methods, metrics) exists here too
     # Ray sets OMP_NUM_THREADS too, but torch reads it only at import
     torch.set_num_threads(max(1, int(context.cpus_per_trial)))

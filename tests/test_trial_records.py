@@ -4,6 +4,7 @@ rewinding recipes, not the fine-tuning defaults they ignore."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -11,6 +12,8 @@ from prune_core.config import DataConfig, ExperimentConfig, ModelConfig, PruneCo
 from prune_core.data import load_dataset
 from prune_core.experiment import run_pruning, train_dense
 from sweeps.trial import recipe_run_name, retraining, trial_params
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def rewind_cfg(retrain: str, epochs: int = 4, rewind_epoch: int = 1) -> ExperimentConfig:
@@ -88,3 +91,46 @@ def test_the_finetune_table_tells_the_two_99_percent_rows_apart():
     table = finetune_tables(runs)["mlp_pruning_results.csv"]
     assert list(table["output_layer"]) == ["pruned", "dense"]
     assert list(table["accuracy"]) == [0.26, 0.93]
+
+
+def test_a_worker_leaving_in_a_finalizer_says_nothing(tmp_path):
+    """A SystemExit raised inside a weakref callback (where Ray's SIGTERM handler can fire) is
+    dropped by ``QuietWorkerExit`` instead of printed as "Exception ignored" with a traceback;
+    any other unraisable error still reaches the previous hook. Real finalizers, in a fresh
+    interpreter."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys, weakref
+        from sweeps.trial import QuietWorkerExit
+        class Thing: pass
+        def leave(ref): raise SystemExit(1)
+        def fail(ref): raise ValueError("a real bug")
+        if sys.argv[1] == "quiet":
+            QuietWorkerExit.install()
+            QuietWorkerExit.install()  # once only
+            assert not isinstance(sys.unraisablehook.previous, QuietWorkerExit)
+        a, b = Thing(), Thing()
+        r1, r2 = weakref.ref(a, leave), weakref.ref(b, fail)
+        del a, b
+        print("still here")
+        """
+    )
+    runs = {
+        mode: subprocess.run(
+            [sys.executable, "-c", script, mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )  # fmt: skip
+        for mode in ("plain", "quiet")
+    }
+    plain, quiet = runs["plain"], runs["quiet"]
+    assert plain.returncode == quiet.returncode == 0 and "still here" in quiet.stdout
+    assert "SystemExit" in plain.stderr  # what the worker printed before
+    assert "SystemExit" not in quiet.stderr and "Traceback" in quiet.stderr
+    assert "ValueError: a real bug" in quiet.stderr
