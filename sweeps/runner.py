@@ -675,8 +675,6 @@ class _Sweep:
     interrupts: _Interrupts | None = None  # the driver's signal handling, for its safe points
     budget: Budget = field(default_factory=Budget)  # trials, epochs, time: limits and account
     store: Any = None  # its _StorePreparation: the SQLite store, made (or waited for) here
-    # starts leaving Ray once the trials and the latency pass are done (_ray_session sets it)
-    leave_ray: Callable[[], None] = lambda: None
 
     def progress(self, msg: str) -> None:
         """A progress line, and a safe point to stop at (after a dense epoch, a latency)."""
@@ -791,6 +789,7 @@ def _prepare(spec: SweepSpec, study: Study | None, budget_start: float) -> _Swee
 def _ray_session(sweep: _Sweep, interrupts: _Interrupts) -> Iterator[None]:
     """Start or join Ray for the sweep (``_init_ray``: ``sweep.spec`` gets the cluster's GPU
     share), and leave it at the end if this call joined."""
+    import ray
 
     interrupts.check()  # a signal the handlers adopted (sweeps/__init__.py): no Ray to start
     with _ray_keeps_our_sigterm():
@@ -798,49 +797,12 @@ def _ray_session(sweep: _Sweep, interrupts: _Interrupts) -> Iterator[None]:
     if connected and sweep.spec.time_budget_s:  # this command shuts its Ray down at the end
         sweep.budget.reserve_s = min(EXIT_RESERVE_S, sweep.spec.time_budget_s / 4)
     interrupts.install()
-    leaving = _RayShutdown() if connected else None
-    if leaving is not None:
-        sweep.leave_ray = leaving.start
     try:
         yield
     finally:
-        if leaving is not None:
-            leaving.finish()
-            interrupts.install()  # Ray's C++ handlers may have taken SIGTERM at its shutdown
-
-
-class _RayShutdown:
-    """``ray.shutdown()`` in a thread from ``start`` on, while the driver writes the analysis,
-    which needs no Ray: stopping a local Ray waits up to 1 s for each of its processes to end
-    after SIGTERM (1.5 s of the driver's time per sweep on the 2-core VM). ``finish`` waits for
-    it, or shuts Ray down itself when ``start`` never ran (the sweep stopped earlier)."""
-
-    def __init__(self) -> None:
-        self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        import ray
-
-        try:
+        if connected:
             ray.shutdown()
-        except BaseException as err:  # noqa: BLE001 (raised again by finish)
-            self.error = err
-
-    def start(self) -> None:
-        """Begin shutting Ray down (once)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ray-shutdown", daemon=True)
-            self._thread.start()
-
-    def finish(self) -> None:
-        """Ray shut down; raise what its shutdown raised, unless an error is on its way out."""
-        if self._thread is None:
-            self._run()
-        else:
-            self._thread.join()
-        if self.error is not None and sys.exc_info()[1] is None:
-            raise self.error
+            interrupts.install()  # Ray's C++ handlers may have taken SIGTERM at its shutdown
 
 
 @contextlib.contextmanager
@@ -1540,7 +1502,6 @@ def _finish(sweep: _Sweep) -> SweepOutcome:
     sweep's figures on the parent run."""
     spec, client, parent_id = sweep.spec, sweep.client, sweep.parent_id
     children, finished = _retimed_children(sweep)
-    sweep.leave_ray()  # the rest is MLflow and files, while Ray's processes end
     runs = trial_table(finished, sweep.accuracies)
     stopped_tag = children.get("tags.early_stopped")
     stopped = trial_table(
