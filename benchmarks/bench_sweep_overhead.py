@@ -136,7 +136,7 @@ def main() -> int:
     from mlflow.tracking import MlflowClient
 
     from sweeps.cli import resolve_spec
-    from sweeps.runner import run_sweep
+    from sweeps.runner import run_sweep, trials_at_once
 
     study = importlib.import_module(f"sweeps.{args.study}").STUDY
     cpus = os.cpu_count() or 1
@@ -174,10 +174,8 @@ def main() -> int:
         # where the wall time went: before the first child run, and after the last one ended
         first_start = runs["start_time"].min().timestamp() - start_epoch_s
         last_end = runs["end_time"].max().timestamp() - start_epoch_s
-        concurrency = int(cpus // spec.cpus_per_trial)
-        if spec.max_concurrent:
-            concurrency = min(concurrency, spec.max_concurrent)
-        concurrency = max(1, min(concurrency, len(runs)))
+        # the sweep's own count (CPUs over --cpus-per-trial, at most --max-concurrent)
+        concurrency = max(1, min(trials_at_once(spec, {"CPU": cpus}), len(runs)))
         # the baseline as it trains with nothing beside it: the sweep trains it while Ray starts
         # and the store is made, and what it takes longer there (cores shared) is overhead
         overhead = (wall - alone_s) / (durations.sum() / concurrency)

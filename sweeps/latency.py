@@ -236,7 +236,7 @@ def remeasure_latency(
         rep_id = timed_by[run_id]
         out[run_id] = _figures(summaries[rep_id], _trial_latency(row))
         _log_driver_latency(client, run_id, out[run_id], devices[rep_id], names[rep_id])
-        threads = _param(row, "latency_threads") or own_threads
+        threads = _threads_for(row, own_threads)
         group = (group_size[rep_id], names[rep_id])
         say(_progress_line(names[run_id], out[run_id], devices[rep_id], threads, example, group))
     return out

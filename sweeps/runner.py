@@ -1373,8 +1373,7 @@ def trials_at_once(spec: SweepSpec, resources: dict[str, float]) -> int:
     return max(1, int(count))
 
 
-@contextlib.contextmanager
-def _pending_trials(count: int | None) -> Iterator[None]:
+def _pending_trials(count: int | None) -> contextlib.AbstractContextManager:
     """Let Ray Tune keep ``count`` trials waiting for an actor while the block runs, unless the
     user set ``TUNE_PENDING_TRIALS_ENV``. With a searcher Tune keeps one: when a trial ended
     before the second actor had started, that trial's actor took the waiting trial, the second
@@ -1383,13 +1382,8 @@ def _pending_trials(count: int | None) -> Iterator[None]:
     11.9 s). A waiting trial is proposed before a running one ends, as the one Tune kept
     already was. ``None`` (no Ray to ask how many): Tune's default."""
     if count is None or TUNE_PENDING_TRIALS_ENV in os.environ:
-        yield
-        return
-    os.environ[TUNE_PENDING_TRIALS_ENV] = str(count)
-    try:
-        yield
-    finally:
-        os.environ.pop(TUNE_PENDING_TRIALS_ENV, None)
+        return contextlib.nullcontext()
+    return _environment({TUNE_PENDING_TRIALS_ENV: str(count)})
 
 
 def _fit(tuner: Any, interrupts: _Interrupts, spec: SweepSpec) -> None:
