@@ -76,12 +76,12 @@ def test_most_at_once_counts_overlaps():
 @pytest.mark.slow
 def test_four_trials_share_two_cpus(tmp_path, ray_tmpdir):
     # a Ray with exactly 2 CPUs, on any machine: trials of 1 CPU could never run more than two
-    # at a time, so three or more at once shows the 0.5-CPU shares were used
+    # at a time, so three or more at once shows the 0.5-CPU shares were used. The cnn's trials
+    # (4-5 s each on half a core; all four at once in two runs) long outlast the seconds
+    # between their processes' starts, at a third of the quick ResNet-18's time (26-30 s, 65 s)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    spec = resolve_spec(
-        STUDY,
-        args(tmp_path, "--num-samples", "4", "--cpus-per-trial", "0.5", "--experiment", "share"),
-    )
+    share = ["--model", "cnn", "--num-samples", "4", "--cpus-per-trial", "0.5"]
+    spec = resolve_spec(STUDY, args(tmp_path, *share, "--experiment", "share"))
     outcome = run_sweep(spec, STUDY)
     assert outcome.failed_trials == 0
     runs = child_runs_of(outcome)
