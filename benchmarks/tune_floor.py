@@ -40,24 +40,26 @@ def busy_trial(config: dict[str, Any]) -> None:
 def measure_floor(durations: list[float], concurrency: int, cpus_per_trial: float) -> dict:
     """Run one bare Tune sweep of ``durations`` (seconds, in this order), ``concurrency`` at
     once; returns its wall time, the trials' sum and the overhead, in seconds."""
-    storage = tempfile.mkdtemp(prefix="tune-floor-")
-    start = time.perf_counter()
-    start_epoch_s = time.time()
-    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    trainable = tune.with_resources(busy_trial, {"cpu": cpus_per_trial})
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"seconds": tune.grid_search(list(durations))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
-        # Tune's loggers as the sweep has them: each trial's result.json, the others off
-        run_config=tune.RunConfig(
-            storage_path=storage, verbose=0, callbacks=[JsonLoggerCallback()]
-        ),
-    )
-    # the results as Tune holds them (no result files needed: a caller may have turned them off)
-    results = [r.metrics for r in tuner.fit()]
-    ray.shutdown()
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="tune-floor-") as storage:
+        start = time.perf_counter()
+        start_epoch_s = time.time()
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        trainable = tune.with_resources(busy_trial, {"cpu": cpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"seconds": tune.grid_search(list(durations))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
+            # Tune's loggers as the sweep has them: each trial's result.json, the others off
+            run_config=tune.RunConfig(
+                storage_path=storage, verbose=0, callbacks=[JsonLoggerCallback()]
+            ),
+        )
+        try:
+            # the results as Tune holds them (no result files needed: a caller may turn them off)
+            results = [r.metrics for r in tuner.fit()]
+        finally:
+            ray.shutdown()  # no Ray process left behind, whatever happened
+        wall = time.perf_counter() - start
     trials = sum(r["ended"] - r["began"] for r in results)
     return {
         "trials": len(results),
