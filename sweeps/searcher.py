@@ -40,8 +40,9 @@ the front is, the pick weighs what finding it costs.
 Under the sweep's budget (``sweeps.budget``), alpha falls with the share of the nearest limit
 spent (trials, epochs committed, seconds) instead of the trial count; under an epoch budget only
 proposals that fit what is left are candidates, for every sampler (random search and NSGA-II then
-pick uniformly among them, alpha 0), and the search waits while none fits and trials run, and is
-over when none fits and none runs. ``BudgetedSearch`` is Ray Tune's search generator under that
+pick uniformly among them, alpha 0; up to ``FIT_ROUNDS`` rounds of proposals are drawn while none
+fits), and the search waits while none fits and trials run, and is over when none fits and none
+runs. ``BudgetedSearch`` is Ray Tune's search generator under that
 budget.
 
 A diverged trial reports NaN objectives. Optuna 5 refuses NaN values in ``tell``, and
@@ -73,6 +74,9 @@ from .search import space_recipe
 COST_METRIC = "epochs_run"
 # Proposals of the sampler among which each cost-aware pick is made.
 DEFAULT_CANDIDATES = 8
+# Rounds of DEFAULT_CANDIDATES proposals a pick under an epoch budget draws, at most, before it
+# says no recipe fits what is left: 8 rounds are 64 proposals (one TPE fit; about 4 ms each).
+FIT_ROUNDS = 8
 # The cost-cooling exponent at the search's first own trial (``cooling_alpha``). Measured with
 # benchmarks/bench_search.py --quick over seeds 0-14 (hypervolume at half of random search's
 # epochs over random search's, mean of the seeds): 1 -> 1.011x (8 of 15 seeds at least 1),
@@ -466,14 +470,23 @@ class RungAwareOptunaSearch(OptunaSearch):
             proposals: list[dict[str, Any]] = []
             costs: list[float] = []
             recipes: list[dict[str, Any]] = []
+            budget = active()
+            limited = budget is not None and budget.epochs is not None
             with _OneFitPerPick(sampler):
-                for _ in range(max(1, self._candidates)):
-                    trial = scratch.ask()
-                    recipe = self._recipe(trial)
-                    proposals.append(dict(trial.params))
-                    recipes.append(recipe)
-                    costs.append(float(self._cost(recipe)))
-                    scratch.tell(trial, state=TrialState.FAIL)
+                # under an epoch budget, more rounds of candidates while none fits: the last
+                # epochs of a budget fit only the cheap recipes, which 8 proposals of a space
+                # whose typical recipe costs more can all miss (5 of 10 epochs left, and the
+                # sweep ended as if nothing fitted); the first round is drawn as before
+                for _ in range(FIT_ROUNDS if limited else 1):
+                    for _ in range(max(1, self._candidates)):
+                        trial = scratch.ask()
+                        recipe = self._recipe(trial)
+                        proposals.append(dict(trial.params))
+                        recipes.append(recipe)
+                        costs.append(float(self._cost(recipe)))
+                        scratch.tell(trial, state=TrialState.FAIL)
+                    if not limited or any(budget.fits(c) for c in costs):
+                        break
             # a recipe the sweep has run or is running gives no new point (the trial would reuse
             # that run's result): such candidates are dropped, unless every candidate is one
             known = self._known_recipes(trials)
@@ -483,8 +496,7 @@ class RungAwareOptunaSearch(OptunaSearch):
                 costs = [costs[i] for i in fresh]
         finally:
             optuna.logging.set_verbosity(verbosity)
-        budget = active()
-        if budget is not None and budget.epochs is not None:
+        if limited:
             fitting = [i for i, c in enumerate(costs) if budget.fits(c)]
             if not fitting:
                 return None

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.search import Searcher, SearchGenerator
 
+import sweeps.searcher
 from sweeps.budget import EXIT_RESERVE_S, Budget, in_force, parse_duration, parse_epoch_budget
 from sweeps.callbacks import BudgetStopper
 from sweeps.search import make_sampler
@@ -73,12 +74,20 @@ def _space(trial):
     return {"epochs": 4}
 
 
-def _search(sampler: str = "tpe", cost_aware: bool = True) -> RungAwareOptunaSearch:
+def _cheap_or_dear(trial):
+    """A tenth of the recipes cost 1 epoch, the others 10."""
+    x = trial.suggest_float("x", 0.0, 1.0)
+    return {"epochs": 1 if x < 0.1 else 10}
+
+
+def _search(
+    sampler: str = "tpe", cost_aware: bool = True, space=_space, seed: int = 0
+) -> RungAwareOptunaSearch:
     factory = functools.partial(make_sampler, sampler, num_samples=100_000, n_objectives=2)
     return RungAwareOptunaSearch(
-        _space, metric=["acc", "params"], mode=["max", "min"], sampler=factory(0),
+        space, metric=["acc", "params"], mode=["max", "min"], sampler=factory(seed),
         cost=lambda recipe: recipe["epochs"], cost_aware=cost_aware, sampler_factory=factory,
-        budget=100_000, pick_seed=0,
+        budget=100_000, pick_seed=seed,
     )  # fmt: skip
 
 
@@ -102,6 +111,22 @@ def test_a_trial_starts_only_if_it_fits(sampler, cost_aware):
         assert budget.exhausted == "epochs" and budget.spent_epochs() == 5
     # the study holds only the two trials that ran
     assert len(search.study.get_trials(deepcopy=False)) == 2
+
+
+@pytest.mark.parametrize("seed", [0, 4, 5])
+def test_the_last_epochs_go_to_a_cheap_recipe_the_first_proposals_missed(seed, monkeypatch):
+    # these seeds' first 8 proposals all cost 10 epochs: with one round of proposals (as the
+    # pick was) the search ended with the 3 epochs of the budget unspent
+    monkeypatch.setattr(sweeps.searcher, "FIT_ROUNDS", 1)
+    with in_force(Budget(epochs=3)) as budget:
+        assert _search(space=_cheap_or_dear, seed=seed).suggest("t0") == Searcher.FINISHED
+        assert budget.exhausted == "epochs"
+    monkeypatch.undo()
+    # more rounds while none fits: a recipe of 1 epoch is found and starts
+    with in_force(Budget(epochs=3)) as budget:
+        config = _search(space=_cheap_or_dear, seed=seed).suggest("t0")
+        assert isinstance(config, dict) and config["x"] < 0.1
+        assert budget.running == {"t0": 1.0} and not budget.exhausted
 
 
 def test_cost_cooling_follows_the_epochs_committed():
