@@ -467,26 +467,10 @@ class RungAwareOptunaSearch(OptunaSearch):
             scratch = optuna.create_study(directions=study.directions, sampler=sampler)
             # copies: the study's own trials are not touched (_SharedFrozenTrial: how)
             scratch.add_trials(_SharedFrozenTrial.of(t) for t in trials)
-            proposals: list[dict[str, Any]] = []
-            costs: list[float] = []
-            recipes: list[dict[str, Any]] = []
             budget = active()
             limited = budget is not None and budget.epochs is not None
             with _OneFitPerPick(sampler):
-                # under an epoch budget, more rounds of candidates while none fits: the last
-                # epochs of a budget fit only the cheap recipes, which 8 proposals of a space
-                # whose typical recipe costs more can all miss (5 of 10 epochs left, and the
-                # sweep ended as if nothing fitted); the first round is drawn as before
-                for _ in range(FIT_ROUNDS if limited else 1):
-                    for _ in range(max(1, self._candidates)):
-                        trial = scratch.ask()
-                        recipe = self._recipe(trial)
-                        proposals.append(dict(trial.params))
-                        recipes.append(recipe)
-                        costs.append(float(self._cost(recipe)))
-                        scratch.tell(trial, state=TrialState.FAIL)
-                    if not limited or any(budget.fits(c) for c in costs):
-                        break
+                proposals, costs, recipes = self._draw(scratch, budget if limited else None)
             # a recipe the sweep has run or is running gives no new point (the trial would reuse
             # that run's result): such candidates are dropped, unless every candidate is one
             known = self._known_recipes(trials)
@@ -514,6 +498,30 @@ class RungAwareOptunaSearch(OptunaSearch):
         index = int(rng.choice(len(proposals), p=cooled_cost_weights(costs, alpha)))
         self.picks.append((alpha, tuple(costs), index))
         return proposals[index]
+
+    def _draw(
+        self, scratch: optuna.Study, budget: Any
+    ) -> tuple[list[dict[str, Any]], list[float], list[dict[str, Any]]]:
+        """(params, cost, recipe) of each candidate drawn from ``scratch`` (each told FAIL, so
+        the scratch study's sampler moves on): one round of ``candidates``; under an epoch
+        ``budget``, more rounds while none fits, up to ``FIT_ROUNDS``. The last epochs of a
+        budget fit only the cheap recipes, which 8 proposals of a space whose typical recipe
+        costs more can all miss (5 of 10 epochs left, and the sweep ended as if nothing
+        fitted); the first round is drawn as before."""
+        proposals: list[dict[str, Any]] = []
+        costs: list[float] = []
+        recipes: list[dict[str, Any]] = []
+        for _ in range(FIT_ROUNDS if budget is not None else 1):
+            for _ in range(max(1, self._candidates)):
+                trial = scratch.ask()
+                recipe = self._recipe(trial)
+                proposals.append(dict(trial.params))
+                recipes.append(recipe)
+                costs.append(float(self._cost(recipe)))
+                scratch.tell(trial, state=TrialState.FAIL)
+            if budget is None or any(budget.fits(c) for c in costs):
+                break
+        return proposals, costs, recipes
 
     def _known_recipes(self, trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
         """The recipe of each of ``trials`` (the study's: run, running or ended), made from its
