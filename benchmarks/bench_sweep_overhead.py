@@ -231,7 +231,7 @@ def main() -> int:
           f"sweep), trials {durations.sum():.1f} s in all "
           f"(mean {durations.mean():.2f} s, median {durations.median():.2f} s)")  # fmt: skip
     print(f"  first child run started {first_start:.1f} s into the sweep "
-          f"({first_start - alone_s:.1f} s more than the baseline alone); the last ended "
+          f"({first_start - dense_s:.1f} s more than the dense baseline); the last ended "
           f"{wall - last_end:.1f} s before the sweep's end")  # fmt: skip
     print(f"  overhead (wall - dense baseline {dense_s:.1f} s) / (trial time / concurrency) = "
           f"{overhead:.2f}")  # fmt: skip

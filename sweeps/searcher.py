@@ -42,8 +42,7 @@ spent (trials, epochs committed, seconds) instead of the trial count; under an e
 proposals that fit what is left are candidates, for every sampler (random search and NSGA-II then
 pick uniformly among them, alpha 0; up to ``FIT_ROUNDS`` rounds of proposals are drawn while none
 fits), and the search waits while none fits and trials run, and is over when none fits and none
-runs. ``BudgetedSearch`` is Ray Tune's search generator under that
-budget.
+runs. ``BudgetedSearch`` is Ray Tune's search generator under that budget.
 
 A diverged trial reports NaN objectives. Optuna 5 refuses NaN values in ``tell``, and
 ``OptunaSearch`` only logs that refusal, which left the trial RUNNING in the Optuna study for the
@@ -74,8 +73,8 @@ from .search import space_recipe
 COST_METRIC = "epochs_run"
 # Proposals of the sampler among which each cost-aware pick is made.
 DEFAULT_CANDIDATES = 8
-# Rounds of DEFAULT_CANDIDATES proposals a pick under an epoch budget draws, at most, before it
-# says no recipe fits what is left: 8 rounds are 64 proposals (one TPE fit; about 4 ms each).
+# Rounds of proposals a pick under an epoch budget draws at most while none fits what is left
+# (``_draw``): 8 rounds of 8 are 64 proposals (one TPE fit; about 4 ms each).
 FIT_ROUNDS = 8
 # The cost-cooling exponent at the search's first own trial (``cooling_alpha``). Measured with
 # benchmarks/bench_search.py --quick over seeds 0-14 (hypervolume at half of random search's
@@ -456,6 +455,8 @@ class RungAwareOptunaSearch(OptunaSearch):
         started = len(trials)
         # one seed per pick: the same sweep seed proposes the same recipes
         seed = None if self._pick_seed is None else self._pick_seed * 1_000_003 + started
+        budget = active()
+        epoch_budget = budget if budget is not None and budget.epochs is not None else None
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per throw-away study
         try:
@@ -467,10 +468,8 @@ class RungAwareOptunaSearch(OptunaSearch):
             scratch = optuna.create_study(directions=study.directions, sampler=sampler)
             # copies: the study's own trials are not touched (_SharedFrozenTrial: how)
             scratch.add_trials(_SharedFrozenTrial.of(t) for t in trials)
-            budget = active()
-            limited = budget is not None and budget.epochs is not None
             with _OneFitPerPick(sampler):
-                proposals, costs, recipes = self._draw(scratch, budget if limited else None)
+                proposals, costs, recipes = self._draw(scratch, epoch_budget)
             # a recipe the sweep has run or is running gives no new point (the trial would reuse
             # that run's result): such candidates are dropped, unless every candidate is one
             known = self._known_recipes(trials)
@@ -480,8 +479,8 @@ class RungAwareOptunaSearch(OptunaSearch):
                 costs = [costs[i] for i in fresh]
         finally:
             optuna.logging.set_verbosity(verbosity)
-        if limited:
-            fitting = [i for i, c in enumerate(costs) if budget.fits(c)]
+        if epoch_budget is not None:
+            fitting = [i for i, c in enumerate(costs) if epoch_budget.fits(c)]
             if not fitting:
                 return None
             proposals = [proposals[i] for i in fitting]
